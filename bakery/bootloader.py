@@ -1,0 +1,91 @@
+"""GRUB for both firmware types, installed into image files without grub-install or root.
+
+BIOS: boot.img goes in the MBR's first 440 bytes, core.img in the BIOS boot partition, and the
+two pointers grub-bios-setup would write (core's LBA in boot.img, the blocklist in core.img)
+are patched here. UEFI: a standalone GRUB EFI binary as EFI/BOOT/BOOTX64.EFI. Both find the
+BOOT filesystem by its UUID and read /boot/grub/grub.cfg, which Xen's pygrub reads too.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from bakery.errors import BakeError
+from bakery.tools import run
+
+GRUB_LIB = Path("/usr/lib/grub")
+BIOS_MODULES = ["biosdisk", "part_gpt", "ext2", "search", "search_fs_uuid", "configfile", "normal",
+                "linux", "echo", "test", "serial", "terminal"]  # fmt: skip
+EFI_MODULES = ["part_gpt", "ext2", "fat", "search", "search_fs_uuid", "configfile", "normal",
+               "linux", "echo", "test", "serial", "terminal", "efi_gop"]  # fmt: skip
+KERNEL_SECTOR_OFFSET = 0x5C  # boot.img: LBA of core.img (8 bytes, little-endian)
+BOOT_DRIVE_OFFSET = 0x64  # boot.img: 0xff = the drive the BIOS booted from
+DRIVE_CHECK_OFFSET = 0x66  # boot.img: NOPs skip the floppy probe on hard disks
+BOOT_CODE_SIZE = 440
+CORE_SEGMENT = 0x820  # where diskboot.img loads the rest of core.img
+
+
+def early_config(boot_uuid: str) -> str:
+    """Embedded in both GRUB images: find BOOT by UUID and read its grub.cfg."""
+    return (
+        f"search --no-floppy --fs-uuid --set=root {boot_uuid}\n"
+        "set prefix=($root)/boot/grub\n"
+        "configfile ($root)/boot/grub/grub.cfg\n"
+    )
+
+
+def grub_cfg(entries: list[tuple[str, str]], timeout: int = 1) -> str:
+    """The menu: one entry per slot (A, B) with its kernel command line."""
+    lines = [
+        "set default=0",
+        f"set timeout={timeout}",
+        "serial --unit=0 --speed=115200",
+        "terminal_input serial console",
+        "terminal_output serial console",
+    ]
+    for slot, cmdline in entries:
+        lines += [
+            f'menuentry "talos-os {slot}" {{',
+            f"    linux /boot/{slot}/vmlinuz {cmdline}",
+            f"    initrd /boot/{slot}/initramfs.zst",
+            "}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def make_images(workdir: Path, boot_uuid: str) -> tuple[Path, Path, Path]:
+    """Build (boot.img, core.img, BOOTX64.EFI) with the early config embedded."""
+    cfg = workdir / "grub-early.cfg"
+    cfg.write_text(early_config(boot_uuid))
+    for target in ("i386-pc", "x86_64-efi"):
+        if not (GRUB_LIB / target).is_dir():
+            pkg = "grub-pc-bin" if target == "i386-pc" else "grub-efi-amd64-bin"
+            raise BakeError(f"GRUB modules for {target} are missing: install them with `apt-get install {pkg}`")
+    core = workdir / "core.img"
+    run(["grub-mkimage", "-O", "i386-pc", "-d", GRUB_LIB / "i386-pc", "-o", core, "-c", cfg,
+         "-p", "/boot/grub", *BIOS_MODULES], what="grub-mkimage (BIOS)")  # fmt: skip
+    efi = workdir / "BOOTX64.EFI"
+    run(["grub-mkimage", "-O", "x86_64-efi", "-d", GRUB_LIB / "x86_64-efi", "-o", efi, "-c", cfg,
+         "-p", "/boot/grub", *EFI_MODULES], what="grub-mkimage (UEFI)")  # fmt: skip
+    return GRUB_LIB / "i386-pc" / "boot.img", core, efi
+
+
+def install_bios(disk: Path, boot_img: Path, core_img: Path, core_lba: int, room: int) -> None:
+    """Write boot.img's code into the MBR and core.img at ``core_lba``, patched to find each other."""
+    boot = bytearray(boot_img.read_bytes())
+    core = bytearray(core_img.read_bytes())
+    if len(core) > room:
+        raise BakeError(f"GRUB core.img ({len(core)} bytes) does not fit the BIOS boot partition ({room} bytes)")
+    sectors = -(-len(core) // 512)
+    core += b"\0" * (sectors * 512 - len(core))
+    struct.pack_into("<Q", boot, KERNEL_SECTOR_OFFSET, core_lba)
+    boot[BOOT_DRIVE_OFFSET] = 0xFF
+    struct.pack_into("<H", boot, DRIVE_CHECK_OFFSET, 0x9090)
+    # the first blocklist sits at the end of core.img's first sector: start, length, segment
+    struct.pack_into("<QHH", core, 512 - 12, core_lba + 1, sectors - 1, CORE_SEGMENT)
+    with open(disk, "r+b") as f:
+        f.seek(0)
+        f.write(bytes(boot[:BOOT_CODE_SIZE]))  # keep the disk signature and partition table
+        f.seek(core_lba * 512)
+        f.write(bytes(core))

@@ -1,0 +1,103 @@
+"""talos-bake: bake images from the pinned recipes.
+
+Every user-facing failure is a BakeError printed as one line (exit 1), never a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from bakery.errors import BakeError
+from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
+
+F = TypeVar("F", bound=Callable[..., Any])
+PLATFORMS = ["aws", "kvm", "xen", "bare-metal"]
+_SIZE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``2G``, ``1536M``, ``2GiB`` or a byte count -> bytes."""
+    m = _SIZE.match(text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a size: use e.g. 2G or 1536M")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
+
+
+def bake_options(func: F) -> F:
+    """The options every command that bakes an image takes."""
+    options = [
+        click.option("--platform", type=click.Choice(PLATFORMS), default="kvm", show_default=True,
+                     help="Platform written into the kernel command line (talos.platform=)."),
+        click.option("--config-url", default=None, help="Machine config URL (talos.config=) for the boot entry."),
+        click.option("--extra-kernel-args", default="", help="Extra kernel command-line words."),
+        click.option("--disk-size", default=f"{DEFAULT_DISK_SIZE >> 30}G", show_default=True,
+                     help="Size of the disk image (e.g. 2G, 1536M)."),
+        click.option("--kernel-flavour", type=click.Choice(["cloud", "generic"]), default=None,
+                     help="Debian kernel flavour (default: from the recipe, cloud)."),
+        click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("_out"),
+                     show_default=True, help="Output directory."),
+        click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
+                     default=Path.home() / ".cache" / "talos-bake", show_default=True,
+                     help="Download cache (verified by sha256)."),
+        click.option("--locked", is_flag=True, help="Refuse any artifact not exactly in bake.lock."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def options_from(kw: dict[str, Any]) -> BakeOptions:
+    """BakeOptions from the click keyword arguments."""
+    return BakeOptions(
+        platform=kw["platform"],
+        config_url=kw["config_url"],
+        extra_kernel_args=kw["extra_kernel_args"],
+        disk_size=parse_size(kw["disk_size"]),
+        out=kw["out"],
+        cache=kw["cache"],
+        locked=kw["locked"],
+        flavour=kw["kernel_flavour"],
+    )
+
+
+def run_bake(kw: dict[str, Any]) -> BakeResult:
+    """Bake, turning BakeError into a one-line click error."""
+    try:
+        return bake(options_from(kw))
+    except BakeError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Bake talos-os images from the pinned recipes."""
+
+
+@cli.command()
+@bake_options
+def raw(**kw: Any) -> None:
+    """Bake a raw GPT disk image that boots under BIOS and UEFI."""
+    result = run_bake(kw)
+    click.echo(str(result.raw))
+
+
+@cli.command()
+@bake_options
+def qcow2(**kw: Any) -> None:
+    """Bake the raw image, then convert it to qcow2."""
+    result = run_bake(kw)
+    try:
+        out = to_qcow2(result.raw, result.raw.with_suffix(".qcow2"))
+    except BakeError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(str(out))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,9 @@
+"""AWS: config from IMDSv2 user data; images published as AMIs."""
+
+from talos_os.plugins import PlatformPlugin
+
+PLUGIN = PlatformPlugin(
+    name="aws",
+    description="Amazon EC2 (config from IMDSv2 user data; published as an AMI)",
+    modules=("ena",),
+)

@@ -1,0 +1,583 @@
+"""The machine config ("userdata") v1 as a typed, strictly validated model.
+
+Python attributes are snake_case; the YAML keys are their camelCase aliases. Validation reports every
+problem at once: field checks come from pydantic, checks across fields are collected per model, and the
+rules that depend on the machine type or install mode are checked on the raw input by
+:class:`MachineConfig` itself, so they show up even when other parts of the document are broken.
+"""
+
+import types
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from ipaddress import IPv4Network
+from typing import Annotated, Any, Literal, Self, Union, get_args, get_origin
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails
+
+from talos_os.config.errors import invalid, message_for
+from talos_os.config.types import (
+    CIDR,
+    AESCBCSecret,
+    ArgName,
+    CertificatePEM,
+    ClusterName,
+    DiskPath,
+    DNSDomain,
+    Duration,
+    EnvName,
+    FileMode,
+    Hostname,
+    HttpsEndpoint,
+    HttpURL,
+    ImageRef,
+    InterfaceName,
+    IPAddressField,
+    KernelArg,
+    KubernetesVersion,
+    Network,
+    PrivateKeyPEM,
+    RegistryHost,
+    ScalarStr,
+    SubjectAltName,
+    SysctlName,
+    Token,
+    VarPath,
+    load_certificate,
+    load_private_key,
+)
+
+Loc = tuple[int | str, ...]
+
+DEFAULT_KUBERNETES_VERSION = "v1.30.2"
+DEFAULT_ETCD_IMAGE = "registry.k8s.io/etcd:3.5.12-0"
+DEFAULT_COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.11.1"
+DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+
+
+class MachineType(StrEnum):
+    """What the node does in the cluster; decides which secrets it must (and must not) carry."""
+
+    INIT = "init"  # the control plane node that bootstraps the cluster
+    CONTROLPLANE = "controlplane"
+    WORKER = "worker"
+
+    @property
+    def is_control_plane(self) -> bool:
+        """Control planes hold the cluster CAs' private keys; workers never do."""
+        return self is not MachineType.WORKER
+
+
+class Mode(StrEnum):
+    """Where the config is used: on metal the node installs itself, so it must know its disk."""
+
+    CLOUD = "cloud"
+    METAL = "metal"
+
+
+class FileOp(StrEnum):
+    """Whether a file entry replaces the file or appends to it."""
+
+    CREATE = "create"
+    APPEND = "append"
+
+
+class _Model(BaseModel):
+    """Common settings: camelCase YAML keys, unknown keys rejected, no type coercion, immutable."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        frozen=True,
+    )
+
+
+class _Problems:
+    """Collects cross-field problems of one model so they are raised together, each at its own path."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.lines: list[InitErrorDetails] = []
+
+    def add(self, loc: Loc, message: str, value: object = None) -> None:
+        self.lines.append(InitErrorDetails(type=invalid(message), loc=loc, input=value))
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise ValidationError.from_exception_data(self.title, self.lines)
+
+
+def _public_bytes(key: PublicKeyTypes | CertificatePublicKeyTypes) -> bytes:
+    """A public key in one canonical encoding, so keys of a certificate and a private key compare."""
+    return key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+# --- machine -----------------------------------------------------------------------------------
+
+
+class CertAndKey(_Model):
+    """A CA or leaf certificate with its private key, each the base64 of PEM text (as Talos does)."""
+
+    crt: CertificatePEM
+    key: PrivateKeyPEM | None = None
+
+    @model_validator(mode="after")
+    def _key_matches_certificate(self) -> Self:
+        key = self.private_key()
+        if key is not None and _public_bytes(key.public_key()) != _public_bytes(
+            self.certificate().public_key()
+        ):
+            problems = _Problems(type(self).__name__)
+            problems.add(("key",), "expected the private key of the certificate in crt, got a different key")
+            problems.raise_any()
+        return self
+
+    @property
+    def crt_pem(self) -> bytes:
+        """The certificate as PEM bytes."""
+        return self.certificate().public_bytes(Encoding.PEM)
+
+    def certificate(self) -> x509.Certificate:
+        """The parsed certificate."""
+        return load_certificate(self.crt)
+
+    def private_key(self) -> PrivateKeyTypes | None:
+        """The parsed private key, or None when the config carries only the certificate."""
+        return None if self.key is None else load_private_key(self.key)
+
+
+class KeyPair(CertAndKey):
+    """A certificate whose private key must be present (a server identity)."""
+
+    key: PrivateKeyPEM
+
+
+class Trustd(_Model):
+    """Where this node finds trustd to get its certificates signed."""
+
+    endpoints: list[HttpsEndpoint] = []
+
+
+class Route(_Model):
+    """A static route; without a gateway the network is reached directly on the link."""
+
+    network: Network
+    gateway: IPAddressField | None = None
+    metric: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+
+    @model_validator(mode="after")
+    def _same_family(self) -> Self:
+        if self.gateway is not None and self.gateway.version != self.network.version:
+            problems = _Problems("Route")
+            problems.add(
+                ("gateway",),
+                f"expected an IPv{self.network.version} gateway for network {self.network}, "
+                f"got {self.gateway}",
+                str(self.gateway),
+            )
+            problems.raise_any()
+        return self
+
+
+class NetworkInterface(_Model):
+    """One link: configured either by DHCP or with a static address, never both."""
+
+    name: InterfaceName
+    dhcp: bool | None = None
+    cidr: CIDR | None = None
+    mtu: Annotated[int, Field(ge=68, le=9216)] | None = None
+    routes: list[Route] = []
+
+    @model_validator(mode="after")
+    def _dhcp_xor_cidr(self) -> Self:
+        problems = _Problems("NetworkInterface")
+        if self.dhcp and self.cidr is not None:
+            problems.add(("cidr",), f"expected either dhcp: true or a cidr, got both (cidr {self.cidr})")
+        elif not self.dhcp and self.cidr is None:
+            problems.add((), "expected either dhcp: true or a cidr, got neither")
+        problems.raise_any()
+        return self
+
+
+class MachineNetwork(_Model):
+    """Host name, links and resolvers of the node."""
+
+    hostname: Hostname | None = None
+    dhcp_timeout: Duration | None = None
+    interfaces: list[NetworkInterface] = []
+    nameservers: list[IPAddressField] = []
+
+    @model_validator(mode="after")
+    def _unique_interfaces(self) -> Self:
+        problems = _Problems("MachineNetwork")
+        first: dict[str, int] = {}
+        for index, interface in enumerate(self.interfaces):
+            if interface.name in first:
+                problems.add(
+                    ("interfaces", index, "name"),
+                    f"expected a unique interface name, got {interface.name!r} "
+                    f"again (already at interfaces[{first[interface.name]}])",
+                    interface.name,
+                )
+            first.setdefault(interface.name, index)
+        problems.raise_any()
+        return self
+
+
+class Install(_Model):
+    """How the node installs itself onto a disk (bare metal)."""
+
+    disk: DiskPath | None = None
+    wipe: bool = False
+    extra_kernel_args: list[KernelArg] = []
+
+
+class MachineFile(_Model):
+    """A file written at boot; only /var is writable on the immutable root."""
+
+    path: VarPath
+    content: str
+    permissions: FileMode = 0o644
+    op: Annotated[FileOp, Field(strict=False)] = FileOp.CREATE
+
+
+class Machine(_Model):
+    """Everything about this node: its role, OS PKI, network, install and host tweaks."""
+
+    type: Annotated[MachineType, Field(strict=False)]
+    token: Token
+    ca: CertAndKey
+    identity: KeyPair | None = None
+    cert_sans: list[SubjectAltName] = Field(default=[], alias="certSANs")
+    trustd: Trustd | None = None
+    network: MachineNetwork | None = None
+    install: Install | None = None
+    files: list[MachineFile] = []
+    env: dict[EnvName, ScalarStr] = {}
+    sysctls: dict[SysctlName, ScalarStr] = {}
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        problems = _Problems("Machine")
+        if self.identity is not None:
+            try:
+                self.identity.certificate().verify_directly_issued_by(self.ca.certificate())
+            except Exception:  # ValueError (issuer name), InvalidSignature, TypeError (key type)
+                problems.add(
+                    ("identity", "crt"),
+                    "expected a certificate signed by machine.ca, got one that machine.ca did not issue",
+                )
+        created: dict[str, int] = {}
+        for index, file in enumerate(self.files):
+            if file.op is FileOp.CREATE:
+                if file.path in created:
+                    problems.add(
+                        ("files", index, "path"),
+                        f"expected each path to be created once, got {file.path!r} again "
+                        f"(already created by files[{created[file.path]}])",
+                        file.path,
+                    )
+                created.setdefault(file.path, index)
+        problems.raise_any()
+        return self
+
+
+# --- cluster -----------------------------------------------------------------------------------
+
+
+class ControlPlane(_Model):
+    """How nodes reach the Kubernetes API server."""
+
+    endpoint: HttpsEndpoint
+
+
+class ClusterNetwork(_Model):
+    """Cluster DNS domain and the pod and service address ranges (which must not overlap)."""
+
+    dns_domain: DNSDomain = "cluster.local"
+    pod_subnets: Annotated[list[Network], Field(min_length=1)] = [IPv4Network("10.244.0.0/16")]
+    service_subnets: Annotated[list[Network], Field(min_length=1)] = [IPv4Network("10.96.0.0/12")]
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Self:
+        problems = _Problems("ClusterNetwork")
+        for index, service in enumerate(self.service_subnets):
+            for pod_index, pod in enumerate(self.pod_subnets):
+                if service.version == pod.version and service.overlaps(pod):
+                    problems.add(
+                        ("serviceSubnets", index),
+                        f"expected a range apart from the pod subnets, got {service} "
+                        f"which overlaps podSubnets[{pod_index}] {pod}",
+                        str(service),
+                    )
+        problems.raise_any()
+        return self
+
+
+class KubernetesImages(_Model):
+    """Image overrides; anything left out follows the Kubernetes version (see ``effective_images``)."""
+
+    api_server: ImageRef | None = None
+    controller_manager: ImageRef | None = None
+    scheduler: ImageRef | None = None
+    proxy: ImageRef | None = None
+    kubelet: ImageRef | None = None
+    etcd: ImageRef | None = None
+    coredns: ImageRef | None = None
+    pause: ImageRef | None = None
+
+
+@dataclass(frozen=True)
+class EffectiveImages:
+    """The image each component really runs: the override when given, else the default for the version."""
+
+    api_server: str
+    controller_manager: str
+    scheduler: str
+    proxy: str
+    kubelet: str
+    etcd: str
+    coredns: str
+    pause: str
+
+
+class ExtraArgs(_Model):
+    """Extra command-line flags per component, flag name (without dashes) to value."""
+
+    kubelet: dict[ArgName, ScalarStr] = {}
+    api_server: dict[ArgName, ScalarStr] = {}
+    controller_manager: dict[ArgName, ScalarStr] = {}
+    scheduler: dict[ArgName, ScalarStr] = {}
+
+
+class Kubernetes(_Model):
+    """Kubernetes version, images, registry mirrors, API certificate names and extra flags."""
+
+    version: KubernetesVersion = DEFAULT_KUBERNETES_VERSION
+    images: KubernetesImages = KubernetesImages()
+    registry_mirrors: dict[RegistryHost, Annotated[list[HttpURL], Field(min_length=1)]] = {}
+    cert_sans: list[SubjectAltName] = Field(default=[], alias="certSANs")
+    extra_args: ExtraArgs = ExtraArgs()
+
+    @property
+    def effective_images(self) -> EffectiveImages:
+        """Image references after applying the version-derived defaults."""
+        version, given = self.version, self.images
+        return EffectiveImages(
+            api_server=given.api_server or f"registry.k8s.io/kube-apiserver:{version}",
+            controller_manager=given.controller_manager
+            or f"registry.k8s.io/kube-controller-manager:{version}",
+            scheduler=given.scheduler or f"registry.k8s.io/kube-scheduler:{version}",
+            proxy=given.proxy or f"registry.k8s.io/kube-proxy:{version}",
+            kubelet=given.kubelet or f"ghcr.io/siderolabs/kubelet:{version}",
+            etcd=given.etcd or DEFAULT_ETCD_IMAGE,
+            coredns=given.coredns or DEFAULT_COREDNS_IMAGE,
+            pause=given.pause or DEFAULT_PAUSE_IMAGE,
+        )
+
+
+class ServiceAccount(_Model):
+    """The key that signs service account tokens."""
+
+    key: PrivateKeyPEM
+
+
+class Cluster(_Model):
+    """Everything shared by the nodes of one cluster; the private keys only on control planes."""
+
+    name: ClusterName
+    control_plane: ControlPlane
+    network: ClusterNetwork = ClusterNetwork()
+    token: Token
+    aescbc_encryption_secret: AESCBCSecret | None = None
+    ca: CertAndKey
+    service_account: ServiceAccount | None = None
+    front_proxy_ca: CertAndKey | None = Field(default=None, alias="frontProxyCA")
+    etcd_ca: CertAndKey | None = Field(default=None, alias="etcdCA")
+    kubernetes: Kubernetes = Kubernetes()
+
+
+# --- the document ------------------------------------------------------------------------------
+
+
+class MachineConfig(_Model):
+    """A whole machine config document (version v1).
+
+    Validate with a ``{"mode": Mode.METAL}`` context (``loads(..., mode=...)`` does) to also apply the
+    rules of an install mode.
+    """
+
+    version: Literal["v1"]
+    debug: bool = False
+    machine: Machine
+    cluster: Cluster
+
+    @property
+    def is_control_plane(self) -> bool:
+        """True for init and controlplane nodes."""
+        return self.machine.type.is_control_plane
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _validate_everything(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
+        """Run field validation and the role/mode rules, and report all their problems together."""
+        if isinstance(data, cls):
+            return handler(data)
+        context = info.context if isinstance(info.context, dict) else {}
+        extra = [*_role_problems(data), *_mode_problems(data, context.get("mode"))]
+        errors: list[InitErrorDetails] = []
+        result: Self | None = None
+        try:
+            result = handler(data)
+        except ValidationError as exc:
+            for error in exc.errors():
+                message = message_for(error, _allowed_keys(cls, error["loc"][:-1]))
+                errors.append(
+                    InitErrorDetails(
+                        type=invalid(message, error["type"]), loc=error["loc"], input=error["input"]
+                    )
+                )
+        if result is not None and not extra:
+            return result
+        errors.extend(InitErrorDetails(type=invalid(msg), loc=loc, input=None) for loc, msg in extra)
+        raise ValidationError.from_exception_data(cls.__name__, errors)
+
+
+# --- rules on the raw document -----------------------------------------------------------------
+# They read the input as given (mappings or model instances) so that they still apply when some other
+# part of the document fails validation.
+
+_ABSENT = object()
+
+# (YAML alias, attribute name) steps to each secret, and what it is.
+_Step = tuple[str, str]
+_ROLE_SECRETS: tuple[tuple[tuple[_Step, ...], str], ...] = (
+    ((("machine", "machine"), ("ca", "ca"), ("key", "key")), "OS CA private key"),
+    ((("cluster", "cluster"), ("ca", "ca"), ("key", "key")), "Kubernetes CA private key"),
+    ((("cluster", "cluster"), ("serviceAccount", "service_account")), "service account key"),
+    (
+        (("cluster", "cluster"), ("aescbcEncryptionSecret", "aescbc_encryption_secret")),
+        "secrets encryption key",
+    ),
+    ((("cluster", "cluster"), ("frontProxyCA", "front_proxy_ca")), "front proxy CA"),
+    ((("cluster", "cluster"), ("etcdCA", "etcd_ca")), "etcd CA"),
+)
+# Only on control planes: inside the sections above that workers must not have at all.
+_CONTROL_PLANE_ONLY: tuple[tuple[tuple[_Step, ...], str], ...] = (
+    ((("cluster", "cluster"), ("frontProxyCA", "front_proxy_ca"), ("key", "key")), "front proxy CA key"),
+    ((("cluster", "cluster"), ("etcdCA", "etcd_ca"), ("key", "key")), "etcd CA key"),
+)
+
+
+def _child(container: object, step: _Step) -> object:
+    alias, name = step
+    if isinstance(container, dict):
+        for key in (alias, name):
+            if key in container and container[key] is not None:
+                return container[key]
+        return _ABSENT
+    if isinstance(container, BaseModel):
+        value = getattr(container, name, None)
+        return _ABSENT if value is None else value
+    return _ABSENT
+
+
+def _is_mapping(value: object) -> bool:
+    return isinstance(value, dict | BaseModel)
+
+
+def _lookup(data: object, steps: Sequence[_Step]) -> tuple[object, object]:
+    """(parent, value) at ``steps``; either is _ABSENT when the path does not exist."""
+    parent: object = data
+    for step in steps[:-1]:
+        parent = _child(parent, step)
+    return parent, _child(parent, steps[-1]) if _is_mapping(parent) else _ABSENT
+
+
+def _role_problems(data: object) -> Iterator[tuple[Loc, str]]:
+    raw_type = _child(_child(data, ("machine", "machine")), ("type", "type"))
+    if not isinstance(raw_type, str) or raw_type not in MachineType._value2member_map_:
+        return  # a missing or bad type is reported by field validation
+    role = MachineType(raw_type)
+    for steps, what in _ROLE_SECRETS:
+        parent, value = _lookup(data, steps)
+        loc = tuple(alias for alias, _ in steps)
+        if role is MachineType.WORKER and value is not _ABSENT:
+            yield loc, f"expected no {what} on a worker node (only control planes carry it), got one"
+        elif role.is_control_plane and value is _ABSENT and _is_mapping(parent):
+            yield loc, f"missing {what}, which {role.value} nodes require"
+    if role.is_control_plane:
+        for steps, what in _CONTROL_PLANE_ONLY:
+            parent, value = _lookup(data, steps)
+            if value is _ABSENT and _is_mapping(parent):
+                yield tuple(alias for alias, _ in steps), f"missing {what}, which {role.value} nodes require"
+
+
+def _mode_problems(data: object, mode: object) -> Iterator[tuple[Loc, str]]:
+    if mode != Mode.METAL:
+        return
+    machine = _child(data, ("machine", "machine"))
+    install = _child(machine, ("install", "install"))
+    if not _is_mapping(machine) or (install is not _ABSENT and not _is_mapping(install)):
+        return
+    if _child(install, ("disk", "disk")) is _ABSENT:
+        yield ("machine", "install", "disk"), "missing install disk, which metal mode requires"
+
+
+def _allowed_keys(root: type[BaseModel], loc: Loc) -> list[str] | None:
+    """YAML keys of the model found at ``loc`` (for "did you mean" hints), None when it is not a model."""
+    current: Any = root
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = current.model_fields
+            field = next((f for n, f in fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) is list and isinstance(part, int):
+            current = get_args(current)[0]
+        elif get_origin(current) is dict and isinstance(part, str):
+            current = get_args(current)[1]
+        else:
+            return None
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [field.alias or name for name, field in current.model_fields.items()]
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated and Optional so the model or container type underneath shows."""
+    while True:
+        origin = get_origin(annotation)
+        if origin is Annotated:
+            annotation = get_args(annotation)[0]
+        elif origin is Union or origin is types.UnionType:
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return annotation
+            annotation = members[0]
+        else:
+            return annotation

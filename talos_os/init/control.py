@@ -1,0 +1,275 @@
+"""The init's local control socket: how osd asks PID 1 to reboot, shut down or manage services.
+
+A unix stream socket (default ``/run/talos/init.sock``, mode 0600) speaking JSON lines: each
+request line ``{"op": ..., "name": ...}`` gets one response line ``{"ok": true, "result": ...}``
+or ``{"ok": false, "error": "..."}``. Only peers whose SO_PEERCRED uid is allowed (root) are
+served: the socket is the init's whole API, and osd (not this socket) authenticates remote users.
+Handlers are injected, so tests wire a real :class:`~talos_os.init.supervisor.Supervisor`.
+Handlers must return quickly: reboot and shutdown handlers only *request* the action (the reply
+is sent before the machine goes down).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from talos_os.init.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = Path("/run/talos/init.sock")
+MAX_LINE = 64 * 1024
+OPS = ("ping", "reboot", "shutdown", "service_start", "service_stop", "service_restart", "services")
+
+Handler = Callable[[dict[str, Any]], Any]
+_UCRED = struct.Struct("3i")  # pid, uid, gid
+
+
+class ControlError(Exception):
+    """A request that cannot be served; the message goes back to the client as ``error``."""
+
+
+def _name(req: Mapping[str, Any]) -> str:
+    name = req.get("name")
+    if not isinstance(name, str) or not name:
+        raise ControlError(f"{req.get('op')}: a service 'name' is required")
+    return name
+
+
+def supervisor_handlers(
+    supervisor: Supervisor,
+    *,
+    reboot: Callable[[], None],
+    shutdown: Callable[[], None],
+) -> dict[str, Handler]:
+    """Handlers for every op, backed by ``supervisor``; ``reboot``/``shutdown`` start the action."""
+
+    def service_start(req: dict[str, Any]) -> Any:
+        return {"started": supervisor.start_service(_name(req))}
+
+    def service_stop(req: dict[str, Any]) -> Any:
+        return {"stopped": supervisor.stop_service(_name(req))}
+
+    def service_restart(req: dict[str, Any]) -> Any:
+        return {"restarted": supervisor.restart_service(_name(req))}
+
+    def services(_req: dict[str, Any]) -> Any:
+        return [info.as_dict() for info in supervisor.services()]
+
+    def do_reboot(_req: dict[str, Any]) -> Any:
+        reboot()
+        return "rebooting"
+
+    def do_shutdown(_req: dict[str, Any]) -> Any:
+        shutdown()
+        return "shutting down"
+
+    return {
+        "service_start": service_start,
+        "service_stop": service_stop,
+        "service_restart": service_restart,
+        "services": services,
+        "reboot": do_reboot,
+        "shutdown": do_shutdown,
+    }
+
+
+def peer_uid(sock: socket.socket) -> int:
+    """The uid of the process at the other end of a unix socket (from the kernel, unforgeable)."""
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    return int(uid)
+
+
+def dispatch(handlers: Mapping[str, Handler], line: bytes) -> dict[str, Any]:
+    """Turn one request line into one response object (never raises)."""
+    try:
+        req = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {"ok": False, "error": f"bad request: not JSON ({exc})"}
+    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+        return {"ok": False, "error": "bad request: expected an object with an 'op' string"}
+    op = req["op"]
+    if op == "ping":
+        return {"ok": True, "result": "pong"}
+    handler = handlers.get(op)
+    if handler is None:
+        return {"ok": False, "error": f"unknown op {op!r}: expected one of {', '.join(OPS)}"}
+    try:
+        return {"ok": True, "result": handler(req)}
+    except ControlError as exc:
+        return {"ok": False, "error": str(exc)}
+    except KeyError as exc:  # the supervisor's "no service named ..."
+        return {"ok": False, "error": str(exc.args[0]) if exc.args else "not found"}
+    except Exception as exc:
+        log.exception("control op %s failed", op)
+        return {"ok": False, "error": f"{op} failed: {type(exc).__name__}: {exc}"}
+
+
+class ControlServer:
+    """Serves the control socket from a background thread; one thread per connection."""
+
+    def __init__(
+        self,
+        path: Path | str = DEFAULT_SOCKET,
+        handlers: Mapping[str, Handler] | None = None,
+        *,
+        allowed_uids: Collection[int] = (0,),
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.path = Path(path)
+        self.handlers = dict(handlers or {})
+        self.allowed_uids = frozenset(allowed_uids)
+        self.idle_timeout = idle_timeout
+        self._listener: socket.socket | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._conns: dict[socket.socket, threading.Thread] = {}
+
+    def __enter__(self) -> ControlServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Bind (replacing a stale socket from a previous boot) and start accepting."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+                raise FileExistsError(f"{self.path} exists and is not a socket")
+            self.path.unlink()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(str(self.path))
+            os.chmod(self.path, 0o600)
+            listener.listen(16)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._listener = listener
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="control-accept", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop accepting, close open connections, remove the socket file."""
+        self._stop.set()
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+        if self._thread is not None:
+            self._thread.join(5.0)
+            self._thread = None
+        with self._lock:
+            conns = list(self._conns.items())
+        for conn, _ in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for _, t in conns:
+            t.join(5.0)
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        for s in (self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._wake_r = self._wake_w = None
+
+    def _serve(self) -> None:
+        assert self._listener is not None and self._wake_r is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self._listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stop.is_set():
+                for key, _ in sel.select():
+                    if key.fileobj is not self._listener or self._stop.is_set():
+                        continue
+                    try:
+                        conn, _addr = self._listener.accept()
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError as exc:
+                        log.warning("control socket accept failed: %s", exc)
+                        continue
+                    conn.setblocking(True)
+                    t = threading.Thread(target=self._handle, args=(conn,), name="control-conn", daemon=True)
+                    with self._lock:
+                        self._conns[conn] = t
+                    t.start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(self.idle_timeout)
+            uid = peer_uid(conn)
+            if uid not in self.allowed_uids:
+                log.warning("control socket: refused a client with uid %d", uid)
+                _send(conn, {"ok": False, "error": f"permission denied for uid {uid}"})
+                return
+            with conn.makefile("rb") as reader:
+                while not self._stop.is_set():
+                    line = reader.readline(MAX_LINE + 1)
+                    if not line:
+                        return
+                    if len(line) > MAX_LINE:
+                        _send(conn, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                        return
+                    if not line.strip():
+                        continue
+                    _send(conn, dispatch(self.handlers, line))
+        except (OSError, ValueError):
+            pass  # client went away, idle timeout, or server stopping
+        finally:
+            with self._lock:
+                self._conns.pop(conn, None)
+            conn.close()
+
+
+def _send(conn: socket.socket, obj: Mapping[str, Any]) -> None:
+    conn.sendall(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
+
+
+def call(
+    path: Path | str = DEFAULT_SOCKET, op: str = "ping", *, timeout: float = 30.0, **kw: Any
+) -> dict[str, Any]:
+    """Send one request and return the response object (``{"ok": ..., "result"|"error": ...}``).
+
+    Connection failures raise OSError; errors reported by init come back as ``ok: false``.
+    """
+    req = {"op": op, **kw}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        try:
+            sock.sendall(json.dumps(req, separators=(",", ":")).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may refuse (and hang up) before reading: its reason is still readable
+        with sock.makefile("rb") as reader:
+            line = reader.readline(16 * MAX_LINE)
+    if not line:
+        raise ConnectionError(f"{path}: connection closed without a response")
+    resp = json.loads(line)
+    if not isinstance(resp, dict):
+        raise ValueError(f"{path}: malformed response {line[:200]!r}")
+    return resp

@@ -1,0 +1,1 @@
+"""osctl: the operator's CLI (config management now; node API commands later)."""

@@ -1,0 +1,1 @@
+"""Repository tools: the demo and the benchmark behind `make demo` and `make bench`."""
