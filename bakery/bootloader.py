@@ -61,7 +61,9 @@ def make_images(workdir: Path, boot_uuid: str) -> tuple[Path, Path, Path]:
     for target in ("i386-pc", "x86_64-efi"):
         if not (GRUB_LIB / target).is_dir():
             pkg = "grub-pc-bin" if target == "i386-pc" else "grub-efi-amd64-bin"
-            raise BakeError(f"GRUB modules for {target} are missing: install them with `apt-get install {pkg}`")
+            raise BakeError(
+                f"GRUB modules for {target} are missing: install them with `apt-get install {pkg}`"
+            )
     core = workdir / "core.img"
     run(["grub-mkimage", "-O", "i386-pc", "-d", GRUB_LIB / "i386-pc", "-o", core, "-c", cfg,
          "-p", "/boot/grub", *BIOS_MODULES], what="grub-mkimage (BIOS)")  # fmt: skip
@@ -76,7 +78,9 @@ def install_bios(disk: Path, boot_img: Path, core_img: Path, core_lba: int, room
     boot = bytearray(boot_img.read_bytes())
     core = bytearray(core_img.read_bytes())
     if len(core) > room:
-        raise BakeError(f"GRUB core.img ({len(core)} bytes) does not fit the BIOS boot partition ({room} bytes)")
+        raise BakeError(
+            f"GRUB core.img ({len(core)} bytes) does not fit the BIOS boot partition ({room} bytes)"
+        )
     sectors = -(-len(core) // 512)
     core += b"\0" * (sectors * 512 - len(core))
     struct.pack_into("<Q", boot, KERNEL_SECTOR_OFFSET, core_lba)

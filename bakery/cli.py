@@ -14,6 +14,7 @@ import click
 
 from bakery.errors import BakeError
 from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
+from bakery.lock import LOCK_PATH
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLATFORMS = ["aws", "kvm", "xen", "bare-metal"]
@@ -45,6 +46,8 @@ def bake_options(func: F) -> F:
                      default=Path.home() / ".cache" / "talos-bake", show_default=True,
                      help="Download cache (verified by sha256)."),
         click.option("--locked", is_flag=True, help="Refuse any artifact not exactly in bake.lock."),
+        click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path), default=LOCK_PATH,
+                     envvar="TALOS_BAKE_LOCK", show_default=True, help="Lock file to use (and update)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -62,6 +65,7 @@ def options_from(kw: dict[str, Any]) -> BakeOptions:
         cache=kw["cache"],
         locked=kw["locked"],
         flavour=kw["kernel_flavour"],
+        lock_path=kw["lock_path"],
     )
 
 
@@ -101,3 +105,7 @@ def qcow2(**kw: Any) -> None:
 def main() -> None:
     """Console-script entry point."""
     cli()
+
+
+if __name__ == "__main__":
+    main()

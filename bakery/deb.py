@@ -40,7 +40,9 @@ def data_tar(deb: Path) -> tarfile.TarFile:
     for name, blob in members.items():
         if name.startswith("data.tar"):
             if name.endswith(".zst"):
-                blob = subprocess.run([which("zstd"), "-dc"], input=blob, capture_output=True, check=True).stdout
+                blob = subprocess.run(
+                    [which("zstd"), "-dc"], input=blob, capture_output=True, check=True
+                ).stdout
                 return tarfile.open(fileobj=io.BytesIO(blob), mode="r:")
             return tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
     raise BakeError(f"{deb.name} has no data.tar member")

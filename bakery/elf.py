@@ -38,7 +38,7 @@ def read(path: Path) -> ElfInfo | None:
     data = path.read_bytes()
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         return None
-    phoff, = struct.unpack_from("<Q", data, 0x20)
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     loads: list[tuple[int, int, int]] = []
     dynamic: tuple[int, int] | None = None

@@ -80,7 +80,7 @@ class Fetcher:
         found = re.findall(r"Depends:\s+(linux-image-\S+)", out)
         if not found:
             raise BakeError(f"apt knows no {metapackage}: run `apt-get update` and check the apt sources")
-        name = found[0]
+        name: str = found[0]
         if pinned and pinned != name:
             self.updates.append(f"kernel {flavour}: {pinned} -> {name}")
         self.lock.kernels[flavour] = name

@@ -65,7 +65,13 @@ class BakeResult:
 
 def kernel_cmdline(opts: BakeOptions, slot: str = "A") -> str:
     """The kernel command line written into the boot entries."""
-    words = [KSPP_ARGS, CONSOLE_ARGS, "printk.devkmsg=on", f"talos.platform={opts.platform}", f"talos.root=ROOT-{slot}"]
+    words = [
+        KSPP_ARGS,
+        CONSOLE_ARGS,
+        "printk.devkmsg=on",
+        f"talos.platform={opts.platform}",
+        f"talos.root=ROOT-{slot}",
+    ]
     if opts.config_url:
         words.append(f"talos.config={opts.config_url}")
     if opts.extra_kernel_args.strip():
@@ -194,7 +200,9 @@ def bake(opts: BakeOptions) -> BakeResult:
         with progress.step("root filesystem"):
             project_wheel = build_project_wheel(work / "wheel")
             tree = work / "rootfs"
-            report = rootfs.build(tree, rootfs_recipe, debs, wheels, project_wheel, kroot, version, module_paths)
+            report = rootfs.build(
+                tree, rootfs_recipe, debs, wheels, project_wheel, kroot, version, module_paths
+            )
         with progress.step("initramfs"):
             initrd = work / "initramfs.zst"
             ireport = initramfs.build(tree, kroot, version, index, load_order, initrd, opts.epoch)
@@ -256,16 +264,23 @@ def bake(opts: BakeOptions) -> BakeResult:
             "initramfs_component_bytes": ireport.sizes,
             "initramfs_modules": ireport.modules,
             "partitions": [
-                {"number": p.number, "name": p.name, "first_lba": p.first_lba, "last_lba": p.last_lba,
-                 "guid": p.guid} for p in parts.values()
-            ],  # fmt: skip
+                {
+                    "number": p.number,
+                    "name": p.name,
+                    "first_lba": p.first_lba,
+                    "last_lba": p.last_lba,
+                    "guid": p.guid,
+                }
+                for p in parts.values()
+            ],
             "packages": {name: lock.debs[name].version for name in [kernel_pkg, *rootfs_recipe.debs]},
             "wheels": {name: pin.version for name, pin in lock.wheels.items()},
             "timings_seconds": {k: round(v, 2) for k, v in progress.timings.items()},
         }
         manifest = opts.out / f"talos-{opts.platform}.raw.manifest.json"
         write_atomic(manifest, (json.dumps(data, indent=2) + "\n").encode())
-    progress.say(f"image: {final} ({data['size_allocated'] >> 20} MiB allocated of {opts.disk_size >> 20} MiB)")  # type: ignore[operator]
+    allocated = final.stat().st_blocks * 512
+    progress.say(f"image: {final} ({allocated >> 20} MiB allocated of {opts.disk_size >> 20} MiB)")
     return BakeResult(raw=final, manifest=manifest, kernel=kernel_out, initramfs=initrd_out, data=data)
 
 
@@ -274,7 +289,9 @@ def _check_space(out: Path, disk_size: int) -> None:
     free = shutil.disk_usage(out).free
     need = 1 << 30
     if free < need:
-        raise BakeError(f"only {free >> 20} MiB free in {out}: a bake needs about {need >> 20} MiB; free some space")
+        raise BakeError(
+            f"only {free >> 20} MiB free in {out}: a bake needs about {need >> 20} MiB; free some space"
+        )
 
 
 def to_qcow2(raw: Path, out: Path) -> Path:

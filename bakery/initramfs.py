@@ -105,7 +105,21 @@ class Archive:
 
 def _header(ino: int, mode: int, mtime: int, size: int, rdev: tuple[int, int], name: str) -> bytes:
     raw = name.encode() + b"\0"
-    fields = (ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, mtime, size, 0, 0, rdev[0], rdev[1], len(raw), 0)
+    fields = (
+        ino,
+        mode,
+        0,
+        0,
+        2 if stat.S_ISDIR(mode) else 1,
+        mtime,
+        size,
+        0,
+        0,
+        rdev[0],
+        rdev[1],
+        len(raw),
+        0,
+    )
     head = b"070701" + b"".join(f"{v:08X}".encode() for v in fields) + raw
     return head + b"\0" * (-len(head) % 4)
 
@@ -125,9 +139,10 @@ def python_modules(tree: Path) -> list[Path]:
         launcher.unlink()
     files = []
     for name, mod in finder.modules.items():
-        if name == "__main__" or not mod.__file__:
+        path: str | None = getattr(mod, "__file__", None)
+        if name == "__main__" or not path:
             continue
-        files.append(Path(mod.__file__))
+        files.append(Path(path))
     return sorted(files)
 
 
@@ -177,12 +192,12 @@ def build(
     lib_bytes = 0
     seen: set[str] = set()
     while elves:
-        rel = elves.pop()
-        if rel in seen:
+        todo = elves.pop()
+        if todo in seen:
             continue
-        seen.add(rel)
-        arc.add_from_tree(tree, rel)
-        real = elf.resolve_in_root(tree, tree / rel)
+        seen.add(todo)
+        arc.add_from_tree(tree, todo)
+        real = elf.resolve_in_root(tree, tree / todo)
         assert real is not None
         lib_bytes += real.stat().st_size
         info = elf.read(real)
@@ -190,7 +205,7 @@ def build(
             continue
         found, missing = elf.resolve(tree, real.parent, info)
         if missing:
-            raise BakeError(f"initramfs: /{rel} needs {', '.join(missing)}, which the rootfs lacks")
+            raise BakeError(f"initramfs: /{todo} needs {', '.join(missing)}, which the rootfs lacks")
         elves.extend(str(p.relative_to(tree)) for p in found.values())
         if info.interpreter:
             elves.append(info.interpreter.lstrip("/"))
@@ -202,12 +217,12 @@ def build(
     mod_bytes = 0
     dep_lines = []
     for name in names:
-        rel = index.paths[name]
-        data = (kernel_root / moddir / rel).read_bytes()
-        arc.add(f"{moddir}/{rel}", Entry(stat.S_IFREG | 0o644, data))
+        mod_rel = index.paths[name]
+        data = (kernel_root / moddir / mod_rel).read_bytes()
+        arc.add(f"{moddir}/{mod_rel}", Entry(stat.S_IFREG | 0o644, data))
         mod_bytes += len(data)
         deps = " ".join(index.paths[d] for d in index.closure([name])[:-1][::-1])
-        dep_lines.append(f"{rel}: {deps}".rstrip())
+        dep_lines.append(f"{mod_rel}: {deps}".rstrip())
     arc.add(f"{moddir}/modules.dep", Entry(stat.S_IFREG | 0o644, ("\n".join(dep_lines) + "\n").encode()))
     arc.add("etc/talos/modules", Entry(stat.S_IFREG | 0o644, ("\n".join(load_order) + "\n").encode()))
     report.sizes["kernel modules"] = mod_bytes

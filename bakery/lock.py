@@ -42,7 +42,9 @@ class Lock:
                 kernels=dict(data.get("kernels") or {}),
             )
         except (yaml.YAMLError, TypeError, AttributeError) as exc:
-            raise BakeError(f"lock file {path} is damaged ({exc}): restore it from git or delete it") from None
+            raise BakeError(
+                f"lock file {path} is damaged ({exc}): restore it from git or delete it"
+            ) from None
 
     def dump(self) -> str:
         data = {

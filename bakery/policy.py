@@ -46,3 +46,20 @@ def walk(root: Path) -> list[tuple[str, int]]:
 def check_tree(root: Path) -> list[str]:
     """Rule violations in an unpacked root filesystem."""
     return violations_in_listing(walk(root))
+
+
+def mode_from_ls(text: str) -> int:
+    """``-rwsr-xr-x`` (as printed by ``unsquashfs -lls`` or ``ls -l``) -> st_mode."""
+    kinds = {"-": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK, "c": stat.S_IFCHR,
+             "b": stat.S_IFBLK, "p": stat.S_IFIFO, "s": stat.S_IFSOCK}  # fmt: skip
+    mode = kinds.get(text[0], 0)
+    bits = [stat.S_IRUSR, stat.S_IWUSR, stat.S_IXUSR, stat.S_IRGRP, stat.S_IWGRP, stat.S_IXGRP,
+            stat.S_IROTH, stat.S_IWOTH, stat.S_IXOTH]  # fmt: skip
+    for i, ch in enumerate(text[1:10]):
+        if ch not in "-ST":
+            mode |= bits[i]
+    special = {3: stat.S_ISUID, 6: stat.S_ISGID, 9: stat.S_ISVTX}
+    for pos, bit in special.items():
+        if len(text) > pos and text[pos] in "sStT":
+            mode |= bit
+    return mode

@@ -154,7 +154,9 @@ def check_libraries(tree: Path) -> None:
                 problems.append(f"/{path.relative_to(tree)} needs {', '.join(missing)}")
     if problems:
         shown = "; ".join(problems[:5])
-        raise BakeError(f"the root filesystem lacks shared libraries ({shown}): add their packages to rootfs.yaml")
+        raise BakeError(
+            f"the root filesystem lacks shared libraries ({shown}): add their packages to rootfs.yaml"
+        )
 
 
 def compile_python(tree: Path) -> None:

@@ -39,7 +39,9 @@ def which(tool: str) -> str:
     if path:
         return path
     package = TOOL_PACKAGES.get(tool, tool)
-    raise BakeError(f"host tool {tool!r} is missing: install it with `apt-get install {package}` (or `make deps`)")
+    raise BakeError(
+        f"host tool {tool!r} is missing: install it with `apt-get install {package}` (or `make deps`)"
+    )
 
 
 def run(
@@ -55,8 +57,13 @@ def run(
     args[0] = which(args[0])
     full_env = {**os.environ, "LC_ALL": "C.UTF-8", **(env or {})}
     proc = subprocess.run(
-        args, cwd=cwd, env=full_env, stdout=subprocess.PIPE if capture else None,
-        stderr=subprocess.STDOUT if capture else None, text=True, check=False,
+        args,
+        cwd=cwd,
+        env=full_env,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout or "").strip().splitlines()[-8:])

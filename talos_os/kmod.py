@@ -77,7 +77,7 @@ class ModuleIndex:
 
         def visit(name: str, chain: tuple[str, ...]) -> None:
             name = canonical(name)
-            if name in seen or name in self.builtin and name not in self.paths:
+            if name in seen or (name in self.builtin and name not in self.paths):
                 return
             if name not in self.paths:
                 via = f" (needed by {chain[-1]})" if chain else ""

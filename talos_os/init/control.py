@@ -261,10 +261,9 @@ def call(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(str(path))
-        try:
+        # The server may refuse (and hang up) before reading the request: its reason is still readable.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(json.dumps(req, separators=(",", ":")).encode() + b"\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may refuse (and hang up) before reading: its reason is still readable
         with sock.makefile("rb") as reader:
             line = reader.readline(16 * MAX_LINE)
     if not line:

@@ -8,6 +8,7 @@ Standard library only: the initramfs carries no third-party packages.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -111,18 +112,14 @@ def free_initramfs(root: str = "/", keep: str = NEWROOT) -> None:
         if dirpath.startswith(keep) or os.lstat(dirpath).st_dev != root_dev:
             continue
         for name in filenames:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(os.path.join(dirpath, name))
-            except OSError:
-                pass
         for name in dirnames:
             path = os.path.join(dirpath, name)
             if path == keep or os.path.ismount(path):
                 continue
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(path)
-            except OSError:
-                pass
 
 
 def switch_root(newroot: str = NEWROOT, init: str = "/sbin/init") -> None:

@@ -1,0 +1,138 @@
+"""End to end: the baked default image boots under SeaBIOS and OVMF, obeys the rootfs rules,
+is reproducible, and an interrupted bake leaves no final-named file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bakery import policy, qemu
+from bakery.image import KSPP_ARGS, BakeOptions, BakeResult, bake, to_qcow2
+from bakery.tools import which
+from talos_os import __version__
+
+pytestmark = pytest.mark.e2e
+BOOT_TIMEOUT = 300.0
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _partition(image: BakeResult, name: str, dest: Path) -> Path:
+    manifest = json.loads(image.manifest.read_text())
+    part = next(p for p in manifest["partitions"] if p["name"] == name)
+    with open(image.raw, "rb") as src, open(dest, "wb") as out:
+        src.seek(part["first_lba"] * 512)
+        out.write(src.read((part["last_lba"] - part["first_lba"] + 1) * 512))
+    return dest
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_image_boots_to_the_init_banner(baked_image: BakeResult, firmware: str) -> None:
+    with qemu.start(baked_image.raw, firmware=firmware) as vm:
+        match, seconds = vm.wait_for(qemu.BANNER, BOOT_TIMEOUT)
+        assert match.group(1) == __version__ and match.group(2) == "kvm"
+        cmdline = next(line for line in vm.lines if "Command line:" in line)
+        for word in KSPP_ARGS.split():
+            assert word in cmdline.split()
+        assert "[talos]" in vm.output and "stage1" in vm.output
+    print(f"{firmware}: banner after {seconds:.1f} s")
+
+
+def test_test_mode_powers_off_cleanly(baked_image: BakeResult) -> None:
+    manifest = json.loads(baked_image.manifest.read_text())
+    vm = qemu.start(baked_image.raw, kernel=baked_image.kernel, initrd=baked_image.initramfs,
+                    append=manifest["cmdline"] + " talos.test=poweroff")  # fmt: skip
+    with vm:
+        vm.wait_for(qemu.BANNER, BOOT_TIMEOUT)
+        assert vm.wait_exit(120) == 0
+        assert "powering off" in vm.output
+
+
+def test_rootfs_has_no_shell_sshd_package_manager_or_setuid(baked_image: BakeResult, tmp_path: Path) -> None:
+    root = _partition(baked_image, "ROOT-A", tmp_path / "root.sqsh")
+    listing = subprocess.run([which("unsquashfs"), "-lls", "-d", "", str(root)], capture_output=True, text=True,
+                             check=True).stdout  # fmt: skip
+    entries = []
+    for line in listing.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[0][0] in "-dlcbps" and len(fields[0]) == 10:
+            path = fields[5] if len(fields) == 6 else " ".join(fields[5:]).split(" -> ")[0]
+            entries.append((path, policy.mode_from_ls(fields[0])))
+    paths = {p for p, _ in entries}
+    assert len(entries) > 1000
+    assert "/usr/sbin/init" in paths and "/usr/bin/python3.11" in paths
+    assert "/usr/bin/containerd" in paths and "/usr/sbin/runc" in paths
+    assert policy.violations_in_listing(entries) == []
+    assert not any(p.endswith(("/bin/sh", "/bash", "/dash", "/busybox", "/sshd")) for p in paths)
+    assert not any("/python3.11/test/" in p or "/idlelib/" in p or "/tkinter/" in p for p in paths)
+
+
+def test_initramfs_has_no_shell(baked_image: BakeResult) -> None:
+    raw = subprocess.run(["zstd", "-dc", str(baked_image.initramfs)], capture_output=True, check=True).stdout
+    names = subprocess.run(["cpio", "-t"], input=raw, capture_output=True, check=True).stdout.decode().split()
+    assert "init" in names and "usr/bin/python3.11" in names
+    assert not {n.rsplit("/", 1)[-1] for n in names} & policy.FORBIDDEN_NAMES
+
+
+def test_manifest_records_what_went_in(baked_image: BakeResult) -> None:
+    m = json.loads(baked_image.manifest.read_text())
+    assert m["sha256"] == _sha(baked_image.raw)
+    assert m["size_apparent"] == 2 << 30 and m["size_allocated"] < 400 << 20
+    assert m["kernel"]["package"].startswith("linux-image-") and "cloud" in m["kernel"]["package"]
+    assert "python3.11-minimal" in m["packages"] and "pydantic" in m["wheels"]
+    assert "boto3" not in m["wheels"] and "libvirt-python" not in m["wheels"] and "pycdlib" not in m["wheels"]
+    assert m["squashfs_bytes"] > 0 and m["initramfs_bytes"] > 0
+    assert "virtio_blk" in m["initramfs_modules"] and "squashfs" in m["initramfs_modules"]
+
+
+def test_qcow2_conversion(baked_image: BakeResult, tmp_path: Path) -> None:
+    out = to_qcow2(baked_image.raw, tmp_path / "talos.qcow2")
+    info = json.loads(subprocess.run([which("qemu-img"), "info", "--output=json", str(out)], capture_output=True,
+                                     text=True, check=True).stdout)  # fmt: skip
+    assert info["format"] == "qcow2" and info["virtual-size"] == 2 << 30
+
+
+def test_two_bakes_are_byte_identical(baked_image: BakeResult, test_lock: Path, tmp_path: Path) -> None:
+    again = bake(
+        BakeOptions(platform="kvm", out=tmp_path / "again", lock_path=test_lock, locked=True, quiet=True)
+    )
+    assert _sha(again.raw) == _sha(baked_image.raw)
+    assert _sha(again.initramfs) == _sha(baked_image.initramfs)
+
+
+def test_interrupted_bake_leaves_no_final_named_file(
+    baked_image: BakeResult, test_lock: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "TALOS_BAKE_LOCK": str(test_lock)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bakery.cli", "raw", "--out", str(out), "--locked"],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 600
+    for line in proc.stderr:
+        if "disk image ..." in line:
+            break
+        assert time.monotonic() < deadline
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(120)
+    assert proc.returncode != 0
+    assert not (out / "talos-kvm.raw").exists()
+    assert not list(out.glob("talos-kvm.raw*"))
+    assert not list(out.glob(".bake-*")), "the work directory is cleaned up"

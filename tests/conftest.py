@@ -1,0 +1,31 @@
+"""Shared fixtures: the test image is baked once per run and shared by every test that boots it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bakery.image import BakeOptions, BakeResult, bake
+from bakery.lock import LOCK_PATH
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "_build" / "test"
+
+
+@pytest.fixture(scope="session")
+def test_lock() -> Path:
+    """A copy of the committed lock: the unlocked test bake may update it, never the repo's file."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    path = BUILD / "bake.lock"
+    shutil.copy(LOCK_PATH, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def baked_image(test_lock: Path) -> BakeResult:
+    """The default image (platform kvm), baked once per test run."""
+    out = BUILD / "image"
+    shutil.rmtree(out, ignore_errors=True)
+    return bake(BakeOptions(platform="kvm", out=out, lock_path=test_lock))

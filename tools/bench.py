@@ -1,0 +1,44 @@
+"""`make bench`: the figures behind the performance targets (bake time, sizes, boot time)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from bakery import qemu
+from bakery.image import BakeOptions, bake, to_qcow2
+
+OUT = Path("_build/bench")
+
+
+def main() -> int:
+    start = time.monotonic()
+    image = bake(BakeOptions(platform="kvm", out=OUT, quiet=True))
+    bake_s = time.monotonic() - start
+    qcow = to_qcow2(image.raw, OUT / "talos-kvm.qcow2")
+    m = json.loads(image.manifest.read_text())
+    print(f"bake (warm cache if run before): {bake_s:.1f} s; steps: {m['timings_seconds']}")
+    print(
+        f"raw image: {m['size_apparent'] >> 20} MiB apparent, {m['size_allocated'] / 2**20:.1f} MiB allocated"
+    )
+    print(f"qcow2: {qcow.stat().st_size / 2**20:.1f} MiB")
+    print(
+        f"squashfs: {m['squashfs_bytes'] / 2**20:.1f} MiB; initramfs: {m['initramfs_bytes'] / 2**20:.1f} MiB"
+    )
+    for k, v in m["rootfs_component_bytes"].items():
+        print(f"  rootfs {k}: {v / 2**20:.1f} MiB (uncompressed)")
+    for k, v in m["initramfs_component_bytes"].items():
+        print(f"  initramfs {k}: {v / 2**20:.1f} MiB (uncompressed)")
+    accel = "KVM" if qemu.kvm_usable() else "TCG"
+    for firmware in ("bios", "uefi"):
+        with qemu.start(image.raw, firmware=firmware) as vm:
+            _m, seconds = vm.wait_for(qemu.BANNER, 300)
+            stage1 = next((ln for ln in vm.lines if "stage1: root" in ln), "")
+        print(f"boot to banner ({accel}, {firmware}): {seconds:.1f} s from QEMU start  [{stage1.strip()}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
