@@ -6,6 +6,7 @@ loop device, no root) and every output appears under its final name only when co
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -156,6 +157,7 @@ def make_squashfs(tree: Path, out: Path, epoch: int) -> None:
 def bake(opts: BakeOptions) -> BakeResult:
     """Bake a raw disk image for ``opts.platform``; returns where everything went."""
     progress = Progress(quiet=opts.quiet)
+    opts = dataclasses.replace(opts, out=opts.out.resolve(), cache=opts.cache.resolve())
     plugins = discover()
     if opts.platform not in plugins:
         raise BakeError(f"unknown platform {opts.platform!r}: choose one of {', '.join(plugins)}")

@@ -118,10 +118,14 @@ def test_interrupted_bake_leaves_no_final_named_file(
     baked_image: BakeResult, test_lock: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "TALOS_BAKE_LOCK": str(test_lock)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bakery.cli", "raw", "--out", str(out), "--locked"],
-        stderr=subprocess.PIPE, text=True, env=env,
+    env = {
+        **os.environ,
+        "TALOS_BAKE_LOCK": str(test_lock),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    proc = subprocess.Popen(  # a relative --out, as users type it
+        [sys.executable, "-m", "bakery.cli", "raw", "--out", "out", "--locked"],
+        stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert proc.stderr is not None
     deadline = time.monotonic() + 600
