@@ -145,6 +145,24 @@ def make_boot_fs(path: Path, size: int, staging: Path, fs_uuid: str, hash_seed: 
     run(["mkfs.ext4", "-q", "-F", "-L", "BOOT", "-U", fs_uuid, "-E", f"hash_seed={hash_seed},root_owner=0:0",
          "-O", "^has_journal,^metadata_csum_seed", "-m", "0", "-d", staging, path, f"{size // 1024}k"],
         env={"E2FSPROGS_FAKE_TIME": str(epoch)}, what="mkfs.ext4")  # fmt: skip
+    # mkfs.ext4 -d copies each file's ctime (utime cannot set it) and reading a directory moves its
+    # atime: pin all three times afterwards.
+    paths = [
+        "/",
+        "/lost+found",
+        *sorted(
+            "/" + str(Path(d, n).relative_to(staging))
+            for d, dirs, files in os.walk(staging)
+            for n in dirs + files
+        ),
+    ]
+    script = path.with_suffix(".debugfs")
+    script.write_text(
+        "".join(
+            f"set_inode_field {p} {field} @{epoch}\n" for p in paths for field in ("ctime", "atime", "mtime")
+        )
+    )
+    run(["debugfs", "-w", "-f", script, path], env={"E2FSPROGS_FAKE_TIME": str(epoch)}, what="debugfs")
 
 
 def make_squashfs(tree: Path, out: Path, epoch: int) -> None:

@@ -18,6 +18,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "mksquashfs": "squashfs-tools",
     "unsquashfs": "squashfs-tools",
     "mkfs.ext4": "e2fsprogs",
+    "debugfs": "e2fsprogs",
     "mkfs.vfat": "dosfstools",
     "mcopy": "mtools",
     "mmd": "mtools",

@@ -3,7 +3,6 @@ is reproducible, and an interrupted bake leaves no final-named file."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -15,20 +14,13 @@ from pathlib import Path
 import pytest
 
 from bakery import policy, qemu
+from bakery.fetch import sha256_of
 from bakery.image import KSPP_ARGS, BakeOptions, BakeResult, bake, to_qcow2
 from bakery.tools import which
 from talos_os import __version__
 
 pytestmark = pytest.mark.e2e
 BOOT_TIMEOUT = 300.0
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _partition(image: BakeResult, name: str, dest: Path) -> Path:
@@ -90,7 +82,7 @@ def test_initramfs_has_no_shell(baked_image: BakeResult) -> None:
 
 def test_manifest_records_what_went_in(baked_image: BakeResult) -> None:
     m = json.loads(baked_image.manifest.read_text())
-    assert m["sha256"] == _sha(baked_image.raw)
+    assert m["sha256"] == sha256_of(baked_image.raw)
     assert m["size_apparent"] == 2 << 30 and m["size_allocated"] < 400 << 20
     assert m["kernel"]["package"].startswith("linux-image-") and "cloud" in m["kernel"]["package"]
     assert "python3.11-minimal" in m["packages"] and "pydantic" in m["wheels"]
@@ -110,8 +102,8 @@ def test_two_bakes_are_byte_identical(baked_image: BakeResult, test_lock: Path, 
     again = bake(
         BakeOptions(platform="kvm", out=tmp_path / "again", lock_path=test_lock, locked=True, quiet=True)
     )
-    assert _sha(again.raw) == _sha(baked_image.raw)
-    assert _sha(again.initramfs) == _sha(baked_image.initramfs)
+    assert sha256_of(again.raw) == sha256_of(baked_image.raw)
+    assert sha256_of(again.initramfs) == sha256_of(baked_image.initramfs)
 
 
 def test_interrupted_bake_leaves_no_final_named_file(

@@ -346,3 +346,24 @@ def test_policy_flags_shells_and_setuid() -> None:
     assert found == ["/usr/bin/bash: forbidden program", "/usr/bin/x: setuid/setgid"]
     assert policy.mode_from_ls("-rwsr-xr-x") & stat.S_ISUID
     assert stat.S_ISDIR(policy.mode_from_ls("drwxr-xr-x"))
+
+
+def test_boot_filesystem_is_byte_identical_across_builds(tmp_path: Path) -> None:
+    import hashlib
+    import time
+
+    from bakery.image import make_boot_fs
+
+    digests = []
+    for run_no in range(2):
+        staging = tmp_path / f"staging{run_no}"
+        (staging / "boot/A").mkdir(parents=True)
+        (staging / "boot/A/vmlinuz").write_bytes(b"kernel" * 1000)
+        (staging / "boot/grub").mkdir()
+        (staging / "boot/grub/grub.cfg").write_text("set timeout=1\n")
+        out = tmp_path / f"boot{run_no}.ext4"
+        make_boot_fs(out, 16 << 20, staging, "6a1e7b8e-3f0c-4c55-9a43-51c0a5d1e2f4",
+                     "0b7e8f52-1111-4c55-9a43-51c0a5d1e2f4", 1704067200)  # fmt: skip
+        digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
+        time.sleep(1.1)  # a different wall-clock second for the second build
+    assert digests[0] == digests[1]
