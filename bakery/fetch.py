@@ -88,8 +88,10 @@ class Fetcher:
 
     def _cached(self, name: str) -> bool:
         pin = self.lock.debs.get(name)
-        path = self.cache / "debs" / pin.file if pin else None
-        return bool(path and path.exists() and sha256_of(path) == pin.sha256)  # type: ignore[union-attr]
+        if pin is None:
+            return False
+        path = self.cache / "debs" / pin.file
+        return path.exists() and sha256_of(path) == pin.sha256
 
     def deb(self, name: str) -> Path:
         """A verified .deb for ``name``: the locked version when it can be had."""

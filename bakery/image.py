@@ -26,10 +26,11 @@ from bakery.progress import Progress
 from bakery.recipe import KernelRecipe, load_kernel, load_rootfs
 from bakery.tools import run
 from talos_os import __version__
+from talos_os.init.hardening import KSPP_CMDLINE
 from talos_os.kmod import ModuleIndex
 from talos_os.plugins import discover
 
-KSPP_ARGS = "init_on_alloc=1 init_on_free=1 slab_nomerge pti=on"
+KSPP_ARGS = " ".join(KSPP_CMDLINE)
 CONSOLE_ARGS = "console=tty0 console=ttyS0"
 DEFAULT_EPOCH = 1704067200  # 2024-01-01, when SOURCE_DATE_EPOCH is not set
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -97,12 +98,25 @@ def boot_module_order(recipe: KernelRecipe, index: ModuleIndex, flavour: str) ->
     return list(dict.fromkeys(order)), skipped
 
 
+PROJECT_FILES = ("pyproject.toml", "README.md", "talos_os", "platforms", "bakery")
+
+
 def build_project_wheel(dest: Path) -> Path:
-    """Our own wheel, built from this checkout without network (no build isolation)."""
+    """Our own wheel, built without network (no build isolation) from a clean copy of the sources,
+    so setuptools' build/ directory neither lands in the checkout nor leaks stale files into the image."""
     if not (REPO_ROOT / "pyproject.toml").exists():
         raise BakeError(f"no pyproject.toml at {REPO_ROOT}: talos-bake must run from a source checkout")
+    src = dest / "src"
+    for name in PROJECT_FILES:
+        if (REPO_ROOT / name).is_dir():
+            shutil.copytree(
+                REPO_ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
+        else:
+            src.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, src / name)
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(REPO_ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(src)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     wheels = list(dest.glob("talos_os-*.whl"))
@@ -181,6 +195,11 @@ def bake(opts: BakeOptions) -> BakeResult:
         raise BakeError(f"unknown platform {opts.platform!r}: choose one of {', '.join(plugins)}")
     layout.plan(opts.disk_size, "check")  # fail early on a disk that is too small
     kernel_recipe, rootfs_recipe = load_kernel(), load_rootfs()
+    if set(kernel_recipe.platforms) != set(plugins):
+        raise BakeError(
+            f"kernel.yaml lists modules for platforms {sorted(kernel_recipe.platforms)} but the installed plugins "
+            f"are {sorted(plugins)}: give every plugin an entry in bakery/recipes/kernel.yaml"
+        )
     flavour = kernel_recipe.flavour(opts.flavour)
     lock = Lock.load(opts.lock_path)
     before = lock.dump()
@@ -268,13 +287,14 @@ def bake(opts: BakeOptions) -> BakeResult:
             write_atomic(kernel_out, vmlinuz.read_bytes())
             write_atomic(initrd_out, initrd.read_bytes())
 
+        allocated = final.stat().st_blocks * 512
         data: dict[str, object] = {
             "talos_os_version": __version__,
             "platform": opts.platform,
             "image": final.name,
             "sha256": sha256_of(final),
-            "size_apparent": final.stat().st_size,
-            "size_allocated": final.stat().st_blocks * 512,
+            "size_apparent": opts.disk_size,
+            "size_allocated": allocated,
             "kernel": {"package": kernel_pkg, "version": lock.debs[kernel_pkg].version, "release": version},
             "cmdline": kernel_cmdline(opts),
             "source_date_epoch": opts.epoch,
@@ -299,7 +319,6 @@ def bake(opts: BakeOptions) -> BakeResult:
         }
         manifest = opts.out / f"talos-{opts.platform}.raw.manifest.json"
         write_atomic(manifest, (json.dumps(data, indent=2) + "\n").encode())
-    allocated = final.stat().st_blocks * 512
     progress.say(f"image: {final} ({allocated >> 20} MiB allocated of {opts.disk_size >> 20} MiB)")
     return BakeResult(raw=final, manifest=manifest, kernel=kernel_out, initramfs=initrd_out, data=data)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import modulefinder
 import os
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,17 +127,15 @@ def _header(ino: int, mode: int, mtime: int, size: int, rdev: tuple[int, int], n
 
 def python_modules(tree: Path) -> list[Path]:
     """Files of every module stage 1 imports (as found in the tree), via modulefinder."""
-    launcher = tree / "tmp-stage1-launcher.py"
-    launcher.write_text(STAGE1_LAUNCHER.split("\n", 1)[1])
-    try:
+    with tempfile.TemporaryDirectory() as tmp:
+        launcher = Path(tmp, "init.py")
+        launcher.write_text(STAGE1_LAUNCHER)
         finder = modulefinder.ModuleFinder(
             path=[str(tree / STDLIB), str(tree / STDLIB / "lib-dynload"), str(tree / DIST)]
         )
         finder.run_script(str(launcher))
         for name in ALWAYS_MODULES:
             finder.import_hook(name)
-    finally:
-        launcher.unlink()
     files = []
     for name, mod in finder.modules.items():
         path: str | None = getattr(mod, "__file__", None)
@@ -221,7 +220,7 @@ def build(
         data = (kernel_root / moddir / mod_rel).read_bytes()
         arc.add(f"{moddir}/{mod_rel}", Entry(stat.S_IFREG | 0o644, data))
         mod_bytes += len(data)
-        deps = " ".join(index.paths[d] for d in index.closure([name])[:-1][::-1])
+        deps = " ".join(index.paths[d] for d in index.deps[name])
         dep_lines.append(f"{mod_rel}: {deps}".rstrip())
     arc.add(f"{moddir}/modules.dep", Entry(stat.S_IFREG | 0o644, ("\n".join(dep_lines) + "\n").encode()))
     arc.add("etc/talos/modules", Entry(stat.S_IFREG | 0o644, ("\n".join(load_order) + "\n").encode()))

@@ -122,9 +122,8 @@ def prune(tree: Path, recipe: RootfsRecipe) -> int:
             in_bin = any(rel.startswith(d + "/") and "/" not in rel[len(d) + 1 :] for d in BIN_DIRS)
             if (
                 _matches(rel, recipe.remove)
-                or (in_bin and rel not in recipe.keep_executables and rel != "usr/sbin/init")
+                or (in_bin and rel not in recipe.keep_executables)
                 or name.endswith((".pyc", ".pyo"))
-                or name in policy.FORBIDDEN_NAMES
             ):
                 Path(dirpath, name).unlink()
                 removed += 1

@@ -24,7 +24,6 @@ TOOL_PACKAGES: dict[str, str] = {
     "mmd": "mtools",
     "sgdisk": "gdisk",
     "zstd": "zstd",
-    "readelf": "binutils",
     "grub-mkimage": "grub-common",
     "qemu-img": "qemu-utils",
     "qemu-system-x86_64": "qemu-system-x86",

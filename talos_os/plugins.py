@@ -3,11 +3,12 @@
 Each plugin (``platforms/aws``, ``kvm``, ``xen``, ``bare_metal``) exposes one ``PlatformPlugin``.
 The guest half (how a node finds its config) and the host half (how an image is published)
 are attached by later work; the name is what the bakery writes as ``talos.platform=NAME``.
+The kernel modules each platform needs are recipe data: ``bakery/recipes/kernel.yaml``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -20,11 +21,8 @@ class PlatformPlugin:
 
     name: str
     description: str
-    # Kernel modules the initramfs must carry for this platform (names as modprobe knows them).
-    modules: tuple[str, ...] = ()
     guest: Any = None
     host: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class UnknownPlatformError(LookupError):

@@ -5,5 +5,4 @@ from talos_os.plugins import PlatformPlugin
 PLUGIN = PlatformPlugin(
     name="aws",
     description="Amazon EC2 (config from IMDSv2 user data; published as an AMI)",
-    modules=("ena",),
 )

@@ -5,5 +5,4 @@ from talos_os.plugins import PlatformPlugin
 PLUGIN = PlatformPlugin(
     name="bare-metal",
     description="Bare metal (config from talos.config=URL or cidata; installed to disk or ISO)",
-    modules=("ahci", "sd_mod", "e1000", "e1000e", "igb", "ixgbe", "r8169", "tg3", "bnx2"),
 )

@@ -5,5 +5,4 @@ from talos_os.plugins import PlatformPlugin
 PLUGIN = PlatformPlugin(
     name="kvm",
     description="KVM/QEMU (config from talos.config=, fw_cfg or cidata; published as qcow2 + libvirt)",
-    modules=("virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "virtio_rng", "qemu_fw_cfg"),
 )

@@ -5,5 +5,4 @@ from talos_os.plugins import PlatformPlugin
 PLUGIN = PlatformPlugin(
     name="xen",
     description="Xen (config from xenstore vm-data; HVM or PV through pygrub)",
-    modules=("xen-blkfront", "xen-netfront"),
 )

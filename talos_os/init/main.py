@@ -6,29 +6,19 @@ console and the kernel log with a ``[talos]`` prefix and its duration.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from talos_os import __version__
 from talos_os.init import syscalls
-
-KSPP_CMDLINE = ("init_on_alloc=1", "init_on_free=1", "slab_nomerge", "pti=on")
-KSPP_SYSCTLS: dict[str, str] = {
-    "kernel.kptr_restrict": "2",
-    "kernel.dmesg_restrict": "1",
-    "kernel.perf_event_paranoid": "3",
-    "kernel.yama.ptrace_scope": "2",
-    "kernel.unprivileged_bpf_disabled": "1",
-    "net.core.bpf_jit_harden": "2",
-    "fs.protected_symlinks": "1",
-    "fs.protected_hardlinks": "1",
-    "fs.protected_fifos": "2",
-    "fs.protected_regular": "2",
-}
+from talos_os.init.cmdline import Cmdline, read
+from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
 
 
 class BootError(RuntimeError):
@@ -39,58 +29,38 @@ class Console:
     """Writes ``[talos]`` lines to the console and the kernel log."""
 
     def __init__(self, console: str = "/dev/console", kmsg: str = "/dev/kmsg") -> None:
-        self._console = console
-        self._kmsg = kmsg
+        self._paths = (console, kmsg)
+        self._files: list[TextIO | None] | None = None
+
+    def _open(self) -> list[TextIO | None]:
+        """Open both once, on first use: nothing is writable before the early mounts."""
+        if self._files is None:
+            files: list[TextIO | None] = []
+            for path in self._paths:
+                try:
+                    files.append(open(path, "w", buffering=1))  # noqa: SIM115 - kept open for the node's life
+                except OSError:
+                    files.append(None)
+            self._files = files
+        return self._files
 
     def log(self, message: str) -> None:
         line = f"[talos] {message}"
-        for path, text in ((self._console, line + "\n"), (self._kmsg, f"<6>{line}\n")):
-            try:
-                with open(path, "w") as f:
+        console, kmsg = self._open()
+        for f, text in ((console, line + "\n"), (kmsg, f"<6>{line}\n")):
+            if f is not None:
+                with contextlib.suppress(OSError):
                     f.write(text)
-            except OSError:
-                pass
 
 
 @dataclass
 class Boot:
     """State the phases share: the kernel command line and what each phase found."""
 
-    cmdline: dict[str, str] = field(default_factory=dict)
+    cmdline: Cmdline = field(default_factory=Cmdline)
     console: Console = field(default_factory=Console)
     platform: str = "unknown"
     durations: dict[str, float] = field(default_factory=dict)
-
-
-def parse_cmdline(text: str) -> dict[str, str]:
-    """Kernel command line words as a dict (bare words map to "")."""
-    out: dict[str, str] = {}
-    for word in text.split():
-        key, _, value = word.partition("=")
-        out[key] = value
-    return out
-
-
-def missing_kspp(cmdline: dict[str, str]) -> list[str]:
-    """The KSPP kernel parameters absent from the command line."""
-    missing = []
-    for want in KSPP_CMDLINE:
-        key, _, value = want.partition("=")
-        if key not in cmdline or cmdline[key] != value:
-            missing.append(want)
-    return missing
-
-
-def write_sysctls(values: dict[str, str], proc_sys: Path = Path("/proc/sys")) -> list[str]:
-    """Apply sysctls; returns the keys this kernel does not have (Yama may be absent)."""
-    absent = []
-    for key, value in values.items():
-        path = proc_sys / key.replace(".", "/")
-        if not path.exists():
-            absent.append(key)
-            continue
-        path.write_text(value)
-    return absent
 
 
 def phase_early_mounts(boot: Boot) -> None:
@@ -103,7 +73,7 @@ def phase_early_mounts(boot: Boot) -> None:
     for source, target, fstype, flags, data in mounts:
         if not os.path.ismount(target):
             syscalls.mount(source, target, fstype, flags, data)
-    boot.cmdline = parse_cmdline(Path("/proc/cmdline").read_text())
+    boot.cmdline = read()
     # Keep info-level kernel-log lines off the console: our own lines go there directly.
     Path("/proc/sys/kernel/printk").write_text("4 4 1 7")
 
@@ -124,7 +94,7 @@ def phase_hardening(boot: Boot) -> None:
 
 def phase_platform(boot: Boot) -> None:
     """Which platform this node runs on: the bakery writes talos.platform=NAME."""
-    boot.platform = boot.cmdline.get("talos.platform", "") or "unknown"
+    boot.platform = boot.cmdline.get("talos.platform") or "unknown"
 
 
 PHASES: list[tuple[str, Callable[[Boot], None]]] = [
@@ -166,11 +136,10 @@ def idle(boot: Boot) -> None:
     requested: list[str] = []
     signal.signal(signal.SIGINT, lambda *_: requested.append("reboot"))
     signal.signal(signal.SIGCHLD, lambda *_: None)
-    while True:
+    while not requested:
         reap_children()
-        if requested:
-            power_off(boot, reboot=True)
-        signal.pause() if not requested else None
+        signal.pause()
+    power_off(boot, reboot=True)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from talos_os.init import cmdline as kernel_cmdline
 from talos_os.init import syscalls
 from talos_os.kmod import ModuleIndex
 
@@ -30,15 +31,6 @@ def log(message: str) -> None:
     """Stage 1 writes to the console only: the kernel log is not ready for us yet."""
     sys.stdout.write(f"[talos] [{time.monotonic() - _T0:6.3f}] stage1: {message}\n")
     sys.stdout.flush()
-
-
-def parse_cmdline(text: str) -> dict[str, str]:
-    """Kernel command line words as a dict (bare words map to "")."""
-    words: dict[str, str] = {}
-    for word in text.split():
-        key, _, value = word.partition("=")
-        words[key] = value
-    return words
 
 
 def mount_kernel_filesystems() -> None:
@@ -139,13 +131,13 @@ def main() -> None:
     """Stage 1 entry point (``/init`` in the initramfs)."""
     try:
         mount_kernel_filesystems()
-        cmdline = parse_cmdline(Path("/proc/cmdline").read_text())
+        cmdline = kernel_cmdline.read()
         release = os.uname().release
         moddir = Path("/lib/modules") / release
         names = Path(MODULE_LIST).read_text().split() if Path(MODULE_LIST).exists() else []
         count = load_modules(moddir, names) if moddir.is_dir() else 0
         log(f"kernel {release}: loaded {count} modules")
-        label = cmdline.get("talos.root", DEFAULT_ROOT_LABEL)
+        label = cmdline.get("talos.root") or DEFAULT_ROOT_LABEL
         device = wait_for(lambda: find_partition(label), ROOT_WAIT_SECONDS, f"partition labelled {label}")
         os.makedirs(NEWROOT, exist_ok=True)
         syscalls.mount(device, NEWROOT, "squashfs", syscalls.MS_RDONLY | syscalls.MS_NODEV)

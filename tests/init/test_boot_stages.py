@@ -1,0 +1,63 @@
+"""Stage 1 and the hardening phase, on the host: sysfs and /proc/sys are trees in tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from talos_os.init import stage1
+from talos_os.init.cmdline import parse
+from talos_os.init.hardening import KSPP_CMDLINE, KSPP_SYSCTLS, missing_kspp, write_sysctls
+
+
+def test_missing_kspp_names_each_absent_or_overridden_parameter() -> None:
+    assert missing_kspp(parse(" ".join(KSPP_CMDLINE) + " console=ttyS0")) == []
+    assert missing_kspp(parse("init_on_alloc=1 slab_nomerge pti=off")) == ["init_on_free=1", "pti=on"]
+    assert missing_kspp(parse("init_on_alloc=1 init_on_free=1 slab_nomerge pti=on init_on_free=0")) == [
+        "init_on_free=1"
+    ]
+
+
+def test_sysctls_are_written_and_absent_keys_reported(tmp_path: Path) -> None:
+    for key in KSPP_SYSCTLS:
+        if key != "kernel.yama.ptrace_scope":  # a kernel without Yama
+            path = tmp_path / key.replace(".", "/")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("0")
+    assert write_sysctls(KSPP_SYSCTLS, tmp_path) == ["kernel.yama.ptrace_scope"]
+    assert (tmp_path / "kernel/kptr_restrict").read_text() == "2"
+    assert (tmp_path / "fs/protected_regular").read_text() == "2"
+
+
+def _block(tmp_path: Path, name: str, uevent: str) -> None:
+    (tmp_path / name).mkdir(parents=True)
+    (tmp_path / name / "uevent").write_text(uevent)
+
+
+def test_root_partition_is_found_by_gpt_name(tmp_path: Path) -> None:
+    _block(tmp_path, "vda", "MAJOR=254\nDEVNAME=vda\nDEVTYPE=disk\n")
+    _block(tmp_path, "vda3", "DEVNAME=vda3\nDEVTYPE=partition\nPARTNAME=BOOT\n")
+    _block(tmp_path, "vda4", "DEVNAME=vda4\nDEVTYPE=partition\nPARTNAME=ROOT-A\n")
+    assert stage1.find_partition("ROOT-A", tmp_path) == "/dev/vda4"
+    assert stage1.find_partition("ROOT-B", tmp_path) is None
+    assert stage1.find_partition("ROOT-A", tmp_path / "missing") is None
+
+
+def test_wait_for_gives_up_with_what_it_waited_for() -> None:
+    calls: list[float] = []
+    with pytest.raises(TimeoutError, match="no partition labelled ROOT-A appeared"):
+        stage1.wait_for(lambda: None, 0.05, "partition labelled ROOT-A", sleep=calls.append)
+    assert calls
+    assert stage1.wait_for(lambda: "/dev/vda4", 1, "x") == "/dev/vda4"
+
+
+def test_free_initramfs_deletes_everything_but_the_new_root(tmp_path: Path) -> None:
+    (tmp_path / "usr/lib").mkdir(parents=True)
+    (tmp_path / "usr/lib/x.pyc").write_bytes(b"x")
+    (tmp_path / "init").write_text("#!")
+    (tmp_path / "sysroot/usr").mkdir(parents=True)
+    (tmp_path / "sysroot/usr/keep").write_text("k")
+    stage1.free_initramfs(str(tmp_path), keep=str(tmp_path / "sysroot"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sysroot"]
+    assert (tmp_path / "sysroot/usr/keep").read_text() == "k"
