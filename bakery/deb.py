@@ -50,7 +50,7 @@ def data_tar(deb: Path) -> tarfile.TarFile:
 
 def usr_merged(path: str) -> str:
     """``./lib/x86_64-linux-gnu/libc.so.6`` -> ``usr/lib/x86_64-linux-gnu/libc.so.6``."""
-    parts = PurePosixPath(path.lstrip("./") if path.startswith("./") else path).parts
+    parts = PurePosixPath(path.removeprefix("./")).parts
     if not parts:
         return ""
     if parts[0] in MERGED:

@@ -182,6 +182,8 @@ def test_usr_merge_mapping() -> None:
     assert deb.usr_merged("./bin/true") == "usr/bin/true"
     assert deb.usr_merged("./usr/bin/python3.11") == "usr/bin/python3.11"
     assert deb.usr_merged("./etc/hosts") == "etc/hosts"
+    assert deb.usr_merged("./etc/.pwd.lock") == "etc/.pwd.lock"
+    assert deb.usr_merged("./") == ""
 
 
 def _make_deb(tmp_path: Path) -> Path:
