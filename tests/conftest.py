@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from bakery.image import BakeOptions, BakeResult, bake
 from bakery.lock import LOCK_PATH
 
 REPO = Path(__file__).resolve().parents[1]
-BUILD = REPO / "_build" / "test"
+# One build directory per test run; TALOS_TEST_BUILD lets concurrent runs keep apart.
+BUILD = Path(os.environ.get("TALOS_TEST_BUILD", REPO / "_build" / "test")).resolve()
 
 
 @pytest.fixture(scope="session")
