@@ -15,6 +15,7 @@ import click
 from bakery.errors import BakeError
 from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
 from bakery.lock import LOCK_PATH
+from platforms.kvm.cli import command as kvm_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLATFORMS = ["aws", "kvm", "xen", "bare-metal"]
@@ -100,6 +101,9 @@ def qcow2(**kw: Any) -> None:
     except BakeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(out))
+
+
+cli.add_command(kvm_command())
 
 
 def main() -> None:
