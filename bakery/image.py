@@ -240,7 +240,15 @@ def bake(opts: BakeOptions) -> BakeResult:
             project_wheel = build_project_wheel(work / "wheel")
             tree = work / "rootfs"
             report = rootfs.build(
-                tree, rootfs_recipe, debs, wheels, project_wheel, kroot, version, module_paths
+                tree,
+                rootfs_recipe,
+                debs,
+                wheels,
+                project_wheel,
+                kroot,
+                version,
+                module_paths,
+                load_modules=[m for m in kernel_recipe.rootfs_modules if index.has(m)],
             )
         with progress.step("initramfs"):
             initrd = work / "initramfs.zst"

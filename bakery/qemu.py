@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -97,6 +98,25 @@ class Boot:
                     raise TimeoutError(f"{why} before the console showed {rx.pattern!r}; last lines:\n{tail}")
                 self._cond.wait(min(left, 0.5))
 
+    def monitor(self, command: str, timeout: float = 10.0) -> str:
+        """Send one human-monitor command (e.g. ``sendkey ctrl-alt-delete``); returns its output."""
+        if self.workdir is None:
+            raise RuntimeError("this QEMU has no monitor socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(str(self.workdir / "monitor.sock"))
+            out = b""
+            while b"(qemu)" not in out:
+                out += s.recv(4096) or b"(qemu)"
+            s.sendall(command.encode() + b"\n")
+            out = b""
+            while b"(qemu)" not in out:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+        return out.decode(errors="replace")
+
     def wait_exit(self, timeout: float) -> int:
         """Wait for QEMU to exit by itself (the guest powered off)."""
         return self.proc.wait(timeout)
@@ -127,12 +147,19 @@ def start(
     kernel: Path | None = None,
     initrd: Path | None = None,
     append: str | None = None,
+    reboot: bool = False,
 ) -> Boot:
-    """Start QEMU on ``disk`` (BIOS = SeaBIOS, UEFI = OVMF), serial console on a pipe."""
+    """Start QEMU on ``disk`` (BIOS = SeaBIOS, UEFI = OVMF), serial console on a pipe.
+
+    ``reboot=True`` lets a guest reboot restart it in the same QEMU (else QEMU exits).
+    """
     qemu = which("qemu-system-x86_64")
     workdir = Path(tempfile.mkdtemp(prefix="talos-qemu-"))
-    argv = [qemu, "-nodefaults", "-nographic", "-no-reboot", "-m", str(memory_mb), "-smp", "2", *accel_args(),
-            "-serial", "stdio", "-device", "virtio-rng-pci"]  # fmt: skip
+    argv = [qemu, "-nodefaults", "-nographic", "-m", str(memory_mb), "-smp", "2", *accel_args(),
+            "-serial", "stdio", "-device", "virtio-rng-pci",
+            "-monitor", f"unix:{workdir / 'monitor.sock'},server=on,wait=off"]  # fmt: skip
+    if not reboot:  # a guest reboot ends QEMU, unless the caller wants the guest to come back
+        argv.append("-no-reboot")
     if firmware == "uefi":
         if not OVMF_CODE.exists():
             raise BakeError("OVMF firmware is missing: install it with `apt-get install ovmf`")

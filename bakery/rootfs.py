@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,9 +173,14 @@ def install_modules(tree: Path, kernel_root: Path, version: str, paths: Iterable
     """Copy the chosen kernel modules and the kernel's module metadata into the tree."""
     src = kernel_root / "usr/lib/modules" / version
     dst = tree / "usr/lib/modules" / version
+    kept: set[str] = set()
     for rel in paths:
         (dst / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dst / rel)
+        kept.add(rel)
+    # modules.dep trimmed to the modules the image carries: the init resolves load order from it.
+    dep_lines = (src / "modules.dep").read_text().splitlines() if (src / "modules.dep").exists() else []
+    (dst / "modules.dep").write_text("".join(f"{ln}\n" for ln in dep_lines if ln.split(":", 1)[0] in kept))
     for meta in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
         if (src / meta).exists():
             shutil.copy2(src / meta, dst / meta)
@@ -214,6 +219,7 @@ def build(
     kernel_root: Path,
     kernel_version: str,
     module_paths: list[str],
+    load_modules: Sequence[str] = (),
 ) -> RootfsReport:
     """Build the whole root filesystem tree from its inputs."""
     if tree.exists():
@@ -231,6 +237,8 @@ def build(
     report = RootfsReport()
     report.removed = prune(tree, recipe)
     write_skeleton(tree)
+    # The names the init loads in stage 2 (it resolves their dependencies from modules.dep).
+    (tree / "etc/talos/modules.rootfs").write_text("".join(f"{m}\n" for m in load_modules))
     problems = policy.check_tree(tree)
     if problems:
         raise BakeError(f"the root filesystem breaks the image rules: {'; '.join(problems[:5])}")

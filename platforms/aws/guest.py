@@ -1,0 +1,39 @@
+"""AWS guest half: user data and hostname from the instance metadata service, IMDSv2 only.
+
+The endpoint is ``http://169.254.169.254`` unless ``talos.aws.imds=URL`` says otherwise (tests
+hand the guest a loopback server through QEMU's user network and keep the default).
+"""
+
+from __future__ import annotations
+
+from platforms.aws.imds import DEFAULT_ENDPOINT, ImdsClient, fetch_aws_config
+from talos_os.init.fetch import ConfigRef
+from talos_os.init.guest import GuestContext
+
+
+class AwsGuest:
+    """Talks to IMDS with one client (and so one token) for the whole boot."""
+
+    def __init__(self) -> None:
+        self._client: ImdsClient | None = None
+
+    def client(self, ctx: GuestContext) -> ImdsClient:
+        if self._client is None:
+            endpoint = ctx.cmdline.get("talos.aws.imds") or DEFAULT_ENDPOINT
+
+            def on_retry(attempt: int, exc: BaseException, delay: float) -> None:
+                ctx.log(f"aws: instance metadata at {endpoint}: {exc}; retry {attempt} in {delay:.1f} s")
+
+            self._client = ImdsClient(endpoint, on_retry=on_retry)
+        return self._client
+
+    def find_config(self, ctx: GuestContext) -> ConfigRef | None:
+        client = self.client(ctx)
+        instance = client.instance_id()
+        if instance:
+            ctx.facts["instance-id"] = instance
+        return fetch_aws_config(client)
+
+    def hostname(self, ctx: GuestContext) -> str | None:
+        name = self.client(ctx).hostname()
+        return name.split(".", 1)[0] if name else None

@@ -1,0 +1,78 @@
+"""Get a valid machine config from the platform, however long it takes.
+
+The node has nothing to do without a config, so this never gives up: an unreachable source is
+retried with jittered exponential backoff (progress on the console), and an invalid config is
+reported line by line (the config model's messages) and polled again until a good one appears.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from talos_os.config import ConfigError, MachineConfig, loads
+from talos_os.init.fetch import ConfigRef, backoff_delay
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Acquired:
+    """The validated config, its raw bytes (kept for osd) and where it came from."""
+
+    config: MachineConfig
+    data: bytes
+    source: str
+    attempts: int
+
+
+@dataclass
+class AcquirePolicy:
+    """How patiently to wait; the defaults suit a node, tests shorten them."""
+
+    base: float = 1.0
+    cap: float = 30.0
+    jitter: float = 1.0
+    invalid_poll: float = 5.0  # an invalid config is fetched again this often: someone is fixing it
+
+
+def acquire_config(
+    find: Callable[[], ConfigRef | None],
+    fetch: Callable[[str], bytes],
+    log: Log,
+    *,
+    policy: AcquirePolicy | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    max_attempts: int | None = None,
+) -> Acquired:
+    """Loop until ``find`` yields a config that validates; ``max_attempts`` exists for tests."""
+    policy = policy or AcquirePolicy()
+    attempt = 0
+    last_problem = ""
+    while True:
+        attempt += 1
+        delay = backoff_delay(attempt, base=policy.base, cap=policy.cap, jitter=policy.jitter)
+        try:
+            ref = find()
+            if ref is None:
+                problem = "no machine config offered by this platform's sources yet"
+            else:
+                data = ref.resolve(fetch)
+                try:
+                    config = loads(data)
+                except ConfigError as err:
+                    problem = f"the machine config from {ref.source} is invalid:\n{err}"
+                    delay = policy.invalid_poll
+                else:
+                    log(f"config: {len(data)} bytes from {ref.source}, valid (attempt {attempt})")
+                    return Acquired(config, data, ref.source, attempt)
+        except Exception as exc:  # any source failure is retried: the node must not die here
+            problem = f"config source failed: {exc}"
+        if max_attempts is not None and attempt >= max_attempts:
+            raise TimeoutError(f"no valid machine config after {attempt} attempts: {problem}")
+        if problem != last_problem:
+            log(problem)
+            last_problem = problem
+        log(f"config: waiting {delay:.1f} s before attempt {attempt + 1}")
+        sleep(delay)

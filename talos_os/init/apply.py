@@ -1,0 +1,66 @@
+"""Apply the parts of a validated machine config that are plain files and kernel knobs.
+
+Network settings go to :mod:`talos_os.init.network`; services read the saved config themselves.
+Everything here takes its target directories as parameters so the host tests use tmp_path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from talos_os.config import FileOp, MachineConfig
+from talos_os.init.hardening import KSPP_SYSCTLS
+
+CONFIG_PATH = Path("/run/talos/config.yaml")  # what osd reads; tmpfs, mode 0600
+
+
+def save_config(data: bytes, path: Path = CONFIG_PATH) -> Path:
+    """Keep the config's original bytes for osd, readable by root only, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    return path
+
+
+def config_sysctls(cfg: MachineConfig) -> tuple[dict[str, str], list[str]]:
+    """The config's sysctls, minus any that would weaken a KSPP setting (those are reported)."""
+    wanted = {k: str(v) for k, v in cfg.machine.sysctls.items()}
+    refused = [k for k, v in wanted.items() if k in KSPP_SYSCTLS and v != KSPP_SYSCTLS[k]]
+    return {k: v for k, v in wanted.items() if k not in refused}, refused
+
+
+def write_files(cfg: MachineConfig, root: Path = Path("/")) -> list[str]:
+    """``machine.files`` (all under /var, checked by the schema): create or append, with the mode."""
+    written = []
+    for entry in cfg.machine.files:
+        target = root / entry.path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if entry.op == FileOp.APPEND else os.O_TRUNC)
+        fd = os.open(target, flags | os.O_NOFOLLOW, entry.permissions)
+        with os.fdopen(fd, "w") as f:
+            f.write(entry.content)
+        os.chmod(target, entry.permissions)
+        written.append(entry.path)
+    return written
+
+
+def choose_hostname(
+    cfg: MachineConfig | None, platform: Callable[[], str | None], dhcp: str | None, fallback: str
+) -> tuple[str, str]:
+    """Hostname and where it came from: the config, else platform metadata, else DHCP, else fallback."""
+    if cfg is not None and cfg.machine.network is not None and cfg.machine.network.hostname:
+        return str(cfg.machine.network.hostname), "config"
+    try:
+        name = platform()
+    except Exception:  # metadata trouble must not stop the boot; the next choice will do
+        name = None
+    if name:
+        return name, "platform metadata"
+    if dhcp:
+        return dhcp, "DHCP"
+    return fallback, "default"

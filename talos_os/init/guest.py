@@ -1,0 +1,57 @@
+"""What a platform's guest half gives the init: where the machine config is, and a hostname.
+
+Each plugin under ``platforms/`` sets ``PlatformPlugin.guest`` to an object with this shape; the
+init only talks to it through :class:`GuestContext`, so every probe (sysfs root, block devices,
+mounts, endpoints) is a parameter a host test can point somewhere harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from talos_os.init.cmdline import Cmdline
+from talos_os.init.fetch import ConfigRef
+from talos_os.init.nocloud import BlockDevice, list_block_devices
+
+
+def _no_log(_message: str) -> None:
+    return None
+
+
+@dataclass
+class GuestContext:
+    """The node as a guest half sees it."""
+
+    cmdline: Cmdline
+    root: Path = Path("/")
+    log: Callable[[str], None] = _no_log
+    # Block devices are listed lazily: only a platform that looks for a cidata volume pays for it.
+    devices: Callable[[], list[BlockDevice]] | None = None
+    mount: Callable[[BlockDevice], AbstractContextManager[Path]] | None = None
+    facts: dict[str, str] = field(default_factory=dict)  # e.g. instance-id, learnt while probing
+
+    def block_devices(self) -> list[BlockDevice]:
+        return self.devices() if self.devices is not None else list_block_devices(self.root)
+
+    def smbios_serial(self) -> str | None:
+        try:
+            value = (self.root / "sys/class/dmi/id/product_serial").read_text().strip()
+        except OSError:
+            return None
+        return value or None
+
+
+class Guest(Protocol):
+    """A platform's guest half."""
+
+    def find_config(self, ctx: GuestContext) -> ConfigRef | None:
+        """The config (bytes or a URL), or None when the platform offers none yet; may raise on I/O."""
+        ...
+
+    def hostname(self, ctx: GuestContext) -> str | None:
+        """The hostname the platform assigns (metadata), if any."""
+        ...

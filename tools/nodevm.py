@@ -1,0 +1,275 @@
+"""Boot a baked node in QEMU with a machine config, the way each platform hands it over.
+
+Shared by the end-to-end tests, ``make demo`` and ``make bench``. Every server here listens on
+127.0.0.1 only; the guest reaches them through QEMU's user network, which is started with
+``restrict=on`` so nothing the guest sends can leave the host except through the forwards below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from bakery import qemu
+
+CONFIG_HOST = "10.0.2.100"  # the address the guest fetches its config from (forwarded to loopback)
+IMDS_HOST = "169.254.169.254"
+READY = re.compile(r"\[talos\] node ready: (\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return None
+
+
+@dataclass
+class ConfigServer:
+    """Serves ``/config.yaml`` on loopback; the body can change while a node waits for it."""
+
+    body: bytes = b""
+    requests: list[str] = field(default_factory=list)
+    port: int = 0
+
+    def set(self, body: bytes | str) -> None:
+        self.body = body.encode() if isinstance(body, str) else body
+
+    @property
+    def guest_url(self) -> str:
+        return f"http://{CONFIG_HOST}/config.yaml"
+
+
+@contextmanager
+def config_server(body: bytes | str = b"") -> Iterator[ConfigServer]:
+    state = ConfigServer()
+    state.set(body)
+
+    class Handler(_Quiet):
+        def do_GET(self) -> None:
+            state.requests.append(self.path)
+            if self.path != "/config.yaml" or not state.body:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(state.body)))
+            self.end_headers()
+            self.wfile.write(state.body)
+
+    with _serve(Handler) as port:
+        state.port = port
+        yield state
+
+
+@dataclass
+class ImdsServer:
+    """A strict IMDSv2: token PUT with a TTL header first, then GETs carrying the token.
+
+    Anything else (an IMDSv1-style GET, a GET with a wrong token, a PUT without TTL) is answered
+    401/400 and recorded in ``violations``, so a test can assert the guest spoke v2 exactly.
+    """
+
+    user_data: bytes | None = None
+    hostname: str = "ip-10-0-2-15.ec2.internal"
+    instance_id: str = "i-0123456789abcdef0"
+    tokens: set[str] = field(default_factory=set)
+    log: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    port: int = 0
+
+    def metadata(self, path: str) -> bytes | None:
+        values = {
+            "/latest/user-data": self.user_data,
+            "/latest/meta-data/instance-id": self.instance_id.encode(),
+            "/latest/meta-data/hostname": self.hostname.encode(),
+            "/latest/meta-data/local-hostname": self.hostname.encode(),
+            "/latest/meta-data/local-ipv4": b"10.0.2.15",
+            "/latest/meta-data/placement/region": b"us-east-1",
+        }
+        return values.get(path)
+
+
+@contextmanager
+def imds_server(user_data: bytes | None) -> Iterator[ImdsServer]:
+    state = ImdsServer(user_data=user_data)
+
+    class Handler(_Quiet):
+        def _reply(self, code: int, body: bytes = b"") -> None:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self) -> None:
+            state.log.append(f"PUT {self.path}")
+            ttl = self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+            if self.path != "/latest/api/token" or not ttl or not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+                state.violations.append(f"bad token request {self.path} ttl={ttl}")
+                self._reply(400)
+                return
+            token = secrets.token_urlsafe(24)
+            state.tokens.add(token)
+            self._reply(200, token.encode())
+
+        def do_GET(self) -> None:
+            state.log.append(f"GET {self.path}")
+            token = self.headers.get("X-aws-ec2-metadata-token")
+            if token not in state.tokens:
+                state.violations.append(f"GET {self.path} without a valid token")
+                self._reply(401)
+                return
+            body = state.metadata(self.path)
+            self._reply(404) if body is None else self._reply(200, body)
+
+    with _serve(Handler) as port:
+        state.port = port
+        yield state
+
+
+@contextmanager
+def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@dataclass(frozen=True)
+class NodeImage:
+    """The pieces of a bake a node boot needs (direct kernel boot skips the firmware's slow disk reads)."""
+
+    raw: Path
+    kernel: Path
+    initramfs: Path
+    cmdline: str
+
+    @classmethod
+    def from_manifest(cls, manifest: Path) -> NodeImage:
+        """The files a bake wrote next to its manifest (``talos-<platform>.raw.manifest.json``)."""
+        data = json.loads(manifest.read_text())
+        raw = manifest.parent / str(data["image"])
+        stem = raw.name.removesuffix(".raw")
+        return cls(
+            raw=raw,
+            kernel=raw.with_name(f"{stem}-vmlinuz"),
+            initramfs=raw.with_name(f"{stem}-initramfs.zst"),
+            cmdline=str(data["cmdline"]),
+        )
+
+
+def node_cmdline(base: str, *, platform: str | None, config_url: str | None = None, extra: str = "") -> str:
+    """The baked command line with this boot's platform and config URL (``None`` removes them)."""
+    words = [w for w in base.split() if not w.startswith(("talos.platform=", "talos.config="))]
+    if platform:
+        words.append(f"talos.platform={platform}")
+    if config_url:
+        words.append(f"talos.config={config_url}")
+    return " ".join([*words, *extra.split()])
+
+
+def user_net(
+    *, forwards: dict[str, int] | None = None, hostfwd: dict[int, int] | None = None, imds: bool = False
+) -> list[str]:
+    """A restricted user network: guest ``ADDR:80`` -> loopback port; host port -> guest port.
+
+    With ``imds`` the guest network is 169.254.0.0/16 so 169.254.169.254 is reachable (as on EC2).
+    """
+    opts = ["user", "id=n0", "restrict=on"]
+    if imds:
+        opts += ["net=169.254.0.0/16", "host=169.254.0.2", "dns=169.254.0.3", "dhcpstart=169.254.0.15"]
+    for addr, port in (forwards or {}).items():
+        opts.append(f"guestfwd=tcp:{addr}:80-cmd:socat - TCP:127.0.0.1:{port}")
+    for host_port, guest_port in (hostfwd or {}).items():
+        opts.append(f"hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}")
+    return ["-netdev", ",".join(opts), "-device", "virtio-net-pci,netdev=n0"]
+
+
+def copy_disk(src: Path, dest: Path) -> Path:
+    """A private, sparse copy of the image (for boots whose disk must persist across reboots)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fi, open(dest, "wb") as fo:
+        size = fi.seek(0, 2)
+        pos = 0
+        while pos < size:
+            try:
+                data_at = os.lseek(fi.fileno(), pos, os.SEEK_DATA)
+            except OSError:
+                break
+            hole = os.lseek(fi.fileno(), data_at, os.SEEK_HOLE)
+            fi.seek(data_at)
+            fo.seek(data_at)
+            left = hole - data_at
+            while left:
+                chunk = fi.read(min(left, 1 << 20))
+                fo.write(chunk)
+                left -= len(chunk)
+            pos = hole
+        fo.truncate(size)
+    return dest
+
+
+def boot_node(
+    image: NodeImage,
+    *,
+    platform: str | None,
+    config_url: str | None = None,
+    disk: Path | None = None,
+    net: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    append: str = "",
+    memory_mb: int = 1024,
+    reboot: bool = False,
+) -> qemu.Boot:
+    """Start QEMU with the image's kernel and initramfs; the disk is the image (snapshot) or ``disk``."""
+    args = [*net, *extra]
+    if not net:
+        args += ["-nic", "none"]
+    return qemu.start(
+        disk if disk is not None else image.raw,
+        snapshot=disk is None,
+        kernel=image.kernel,
+        initrd=image.initramfs,
+        append=node_cmdline(image.cmdline, platform=platform, config_url=config_url, extra=append),
+        memory_mb=memory_mb,
+        extra=args,
+        reboot=reboot,
+    )
+
+
+def phase_times(lines: Sequence[str]) -> dict[str, float]:
+    """``phase NAME: done in N ms`` lines -> {name: seconds} (the last boot's values win)."""
+    out: dict[str, float] = {}
+    for line in lines:
+        m = re.search(r"\[talos\] phase (.+): done in (\d+) ms", line)
+        if m:
+            out[m.group(1)] = int(m.group(2)) / 1000
+    return out
+
+
+def wait_ready(vm: qemu.Boot, timeout: float = 600) -> tuple[str, float]:
+    """Wait for the ``node ready`` line; returns the hostname and seconds since QEMU started."""
+    m, seconds = vm.wait_for(READY, timeout)
+    return m.group(1), seconds
+
+
+def elapsed(start: float) -> float:
+    return time.monotonic() - start
