@@ -16,6 +16,7 @@ from bakery.errors import BakeError
 from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
 from bakery.lock import LOCK_PATH
 from platforms.kvm.cli import command as kvm_command
+from platforms.xen.cli import command as xen_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLATFORMS = ["aws", "kvm", "xen", "bare-metal"]
@@ -104,6 +105,7 @@ def qcow2(**kw: Any) -> None:
 
 
 cli.add_command(kvm_command())
+cli.add_command(xen_command())
 
 
 def main() -> None:

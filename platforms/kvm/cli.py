@@ -11,41 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from bakery.atomic import write_atomic
 from bakery.errors import BakeError
 from bakery.image import BakeResult, to_qcow2
 from bakery.progress import Progress
 from bakery.qemu import kvm_usable
+from platforms.image_source import image_or_bake
 from platforms.kvm import publish
 from platforms.kvm.publish import DomainSpec, Network
 
 PLATFORM = "kvm"
 
 
-def image_or_bake(
-    ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]
-) -> Path:
-    """``--image`` when given, else bake one for this platform with the bake options."""
-    image: Path | None = kw.pop("image")
-    if image is not None:
-        return image.resolve()
-    if ctx.get_parameter_source("platform") == ParameterSource.DEFAULT:
-        kw["platform"] = PLATFORM
-    elif kw["platform"] != PLATFORM:
-        raise BakeError(
-            f"talos-bake {PLATFORM} publishes {PLATFORM} images, not {kw['platform']}: drop --platform "
-            "(or bake that image with talos-bake raw)"
-        )
-    return bake(kw).raw
-
-
 def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything the command does after click parsed the options."""
     progress = Progress()
     out: Path = kw["out"].resolve()
-    image = image_or_bake(ctx, kw, bake)
+    image = image_or_bake(ctx, kw, PLATFORM, bake)
     if publish.is_qcow2(image):
         disk = image
     else:

@@ -1,0 +1,50 @@
+"""What every publishing command publishes: ``--image PATH``, or an image it bakes for its platform."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+
+from bakery.errors import BakeError
+from bakery.image import BakeResult
+
+
+def image_or_bake(
+    ctx: click.Context, kw: dict[str, Any], platform: str, bake: Callable[[dict[str, Any]], BakeResult]
+) -> Path:
+    """``--image`` when given (popped from ``kw``), else bake one for ``platform`` with the bake options.
+
+    ``--platform`` defaults to the command's platform; another explicit one is refused, since a
+    Xen config around a KVM image (say) boots the wrong platform code.
+    """
+    image: Path | None = kw.pop("image")
+    if image is not None:
+        warn_if_other_platform(image.resolve(), platform)
+        return image.resolve()
+    if ctx.get_parameter_source("platform") == ParameterSource.DEFAULT:
+        kw["platform"] = platform
+    elif kw["platform"] != platform:
+        raise BakeError(
+            f"talos-bake {platform} publishes {platform} images, not {kw['platform']}: drop --platform "
+            "(or bake that image with talos-bake raw)"
+        )
+    return bake(kw).raw
+
+
+def warn_if_other_platform(image: Path, platform: str) -> None:
+    """Say so when the bake's manifest next to ``image`` names another platform (the user may mean it)."""
+    manifest = image.with_name(image.name.removesuffix(".qcow2").removesuffix(".raw") + ".raw.manifest.json")
+    try:
+        baked_for = json.loads(manifest.read_text()).get("platform")
+    except (OSError, ValueError):
+        return
+    if baked_for and baked_for != platform:
+        click.echo(
+            f"warning: {image.name} was baked for {baked_for}, so it boots with talos.platform={baked_for}",
+            err=True,
+        )
