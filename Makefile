@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMPS := .cache/stamps
 APT_PACKAGES := $(shell grep -v '^[[:space:]]*\#' deps/apt-packages.txt | grep -v '^[[:space:]]*$$')
 
-.PHONY: all setup deps venv test lint typecheck pytest demo bench clean
+.PHONY: all setup deps venv proto test lint typecheck pytest demo bench clean
 
 all: setup
 
@@ -33,23 +33,27 @@ $(STAMPS)/venv: pyproject.toml | deps
 	@$(BIN)/python -m pip install -q -e '.[host,dev]'
 	@mkdir -p $(STAMPS) && touch $@
 
-lint: venv
+# The node API's Python stubs (talos_os/api/gen, git-ignored), from talos_os/api/node.proto; only when it changed.
+proto: venv
+	@$(BIN)/python -m talos_os.api.build
+
+lint: proto
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: venv
+typecheck: proto
 	$(BIN)/mypy
 
-pytest: venv
+pytest: proto
 	$(BIN)/pytest
 
 test: setup lint typecheck pytest
 
-demo: setup
+demo: setup proto
 	@$(BIN)/python -m tools.demo
 
-bench: setup
+bench: setup proto
 	@$(BIN)/python -m tools.bench
 
 clean:
-	rm -rf _out _build $(STAMPS)
+	rm -rf _out _build $(STAMPS) talos_os/api/gen

@@ -67,6 +67,16 @@ def install_wheel(wheel: Path, site: Path) -> None:
             os.chmod(dest, 0o755 if mode & 0o111 else 0o644)
 
 
+def api_stubs(site: Path) -> None:
+    """The node API's stubs, generated from the proto inside the installed wheel (they are never committed)."""
+    from talos_os.api import build as api_build
+
+    try:
+        api_build.generate(site / "talos_os" / "api", force=True)
+    except api_build.BuildError as exc:
+        raise BakeError(str(exc)) from None
+
+
 def write_skeleton(tree: Path) -> None:
     """Mount points, /etc basics and the stage-2 init."""
     for d in ("dev", "proc", "sys", "run", "tmp", "var", "etc/talos", "etc/ssl/certs", "root"):
@@ -232,6 +242,7 @@ def build(
     site.mkdir(parents=True, exist_ok=True)
     for w in [*wheels, project_wheel]:
         install_wheel(w, site)
+    api_stubs(site)
     install_modules(tree, kernel_root, kernel_version, module_paths)
     ca_bundle(tree)
     report = RootfsReport()

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from bakery.image import BakeOptions, BakeResult, bake
-from bakery.lock import LOCK_PATH
+# First: makes grpc refuse TLS 1.2 before anything loads grpc, and generates the node API stubs
+# (from node.proto) that osd, osctl and their tests import.
+from talos_os.api import build as _api_build  # isort: skip
+
+_api_build.generate()
+
+from bakery.image import BakeOptions, BakeResult, bake  # noqa: E402
+from bakery.lock import LOCK_PATH  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # One build directory per test run; TALOS_TEST_BUILD lets concurrent runs keep apart.
