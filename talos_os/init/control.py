@@ -5,8 +5,14 @@ request line ``{"op": ..., "name": ...}`` gets one response line ``{"ok": true, 
 or ``{"ok": false, "error": "..."}``. Only peers whose SO_PEERCRED uid is allowed (root) are
 served: the socket is the init's whole API, and osd (not this socket) authenticates remote users.
 Handlers are injected, so tests wire a real :class:`~talos_os.init.supervisor.Supervisor`.
-Handlers must return quickly: reboot and shutdown handlers only *request* the action (the reply
-is sent before the machine goes down).
+Handlers must return quickly: reboot, shutdown and reset handlers only *request* the action (the
+reply is sent before the machine goes down). The one op that blocks is ``logs`` with ``wait``: a
+long poll (at most :data:`MAX_WAIT` seconds) that lets osd follow a service's output.
+
+Ops: ``ping``; ``reboot``, ``shutdown``, ``reset``; ``services``, ``service_start``/``_stop``/
+``_restart`` (``name``); ``stats`` (per service: pid, cgroup CPU ``cpu_usec`` and ``memory_bytes``);
+``logs`` (``name``; ``cursor`` or ``tail``; ``wait``; ``max_bytes``), which answers
+``{"lines": [...], "cursor": next, "end": newest, "missed": n, "closed": bool}``.
 """
 
 from __future__ import annotations
@@ -25,13 +31,27 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from talos_os.init.supervisor import Supervisor
+from talos_os.init.supervisor import LogBuffer, Supervisor
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SOCKET = Path("/run/talos/init.sock")
 MAX_LINE = 64 * 1024
-OPS = ("ping", "reboot", "shutdown", "service_start", "service_stop", "service_restart", "services")
+OPS = (
+    "ping",
+    "reboot",
+    "shutdown",
+    "reset",
+    "service_start",
+    "service_stop",
+    "service_restart",
+    "services",
+    "stats",
+    "logs",
+)
+MAX_WAIT = 10.0  # seconds a logs long poll may block (well under the client's timeout)
+LOGS_MAX_BYTES = 512 * 1024  # JSON-encoded lines per logs answer (a response line stays under 1 MiB)
+NOT_FOUND = "no service named"  # how the supervisor's unknown-service errors begin
 
 Handler = Callable[[dict[str, Any]], Any]
 _UCRED = struct.Struct("3i")  # pid, uid, gid
@@ -48,13 +68,60 @@ def _name(req: Mapping[str, Any]) -> str:
     return name
 
 
+def _int(req: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    value = req.get(key, default)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ControlError(f"{req.get('op')}: {key!r} must be a non-negative integer")
+    return value
+
+
+def read_logs(buf: LogBuffer, req: Mapping[str, Any]) -> dict[str, Any]:
+    """One page of a service's log: from ``cursor`` (else the last ``tail`` lines, else all kept).
+
+    With ``wait`` > 0 and nothing new, block until a line comes (or ``wait``, capped at
+    :data:`MAX_WAIT`, passes). ``missed`` counts lines evicted from the ring before they were read.
+    """
+    cursor = _int(req, "cursor", None)
+    tail = _int(req, "tail", None)
+    max_bytes = _int(req, "max_bytes", LOGS_MAX_BYTES) or LOGS_MAX_BYTES
+    wait = req.get("wait", 0)
+    if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
+        raise ControlError("logs: 'wait' must be a non-negative number of seconds")
+    if cursor is None:
+        cursor = max(0, buf.cursor - tail) if tail is not None else 0
+    lines, end = buf.read_since(cursor)
+    if not lines and wait > 0 and not buf.closed:
+        buf.wait_for_more(cursor, min(float(wait), MAX_WAIT))
+        lines, end = buf.read_since(cursor)
+    start = end - len(lines)
+    taken, size = 0, 0
+    for line in lines:
+        size += len(json.dumps(line)) + 1
+        if taken and size > max_bytes:
+            break
+        taken += 1
+    return {
+        "lines": lines[:taken],
+        "cursor": start + taken,
+        "end": end,
+        "missed": max(0, start - cursor),
+        "closed": buf.closed,
+    }
+
+
 def supervisor_handlers(
     supervisor: Supervisor,
     *,
     reboot: Callable[[], None],
     shutdown: Callable[[], None],
+    reset: Callable[[], None] | None = None,
 ) -> dict[str, Handler]:
-    """Handlers for every op, backed by ``supervisor``; ``reboot``/``shutdown`` start the action."""
+    """Handlers for every op, backed by ``supervisor``; ``reboot``/``shutdown``/``reset`` start the action.
+
+    ``reset`` (stop services, wipe EPHEMERAL, reboot) is refused when no callback is given.
+    """
 
     def service_start(req: dict[str, Any]) -> Any:
         return {"started": supervisor.start_service(_name(req))}
@@ -76,6 +143,26 @@ def supervisor_handlers(
         shutdown()
         return "shutting down"
 
+    def do_reset(_req: dict[str, Any]) -> Any:
+        if reset is None:
+            raise ControlError("reset is not available on this node")
+        reset()
+        return "resetting"
+
+    def stats(_req: dict[str, Any]) -> Any:
+        result = {}
+        for name, (pid, usage) in supervisor.usage().items():
+            result[name] = {
+                "pid": pid,
+                "cpu_usec": usage.cpu_usec if usage is not None else None,
+                "memory_bytes": usage.memory_bytes if usage is not None else None,
+                "source": usage.source if usage is not None else None,
+            }
+        return result
+
+    def logs(req: dict[str, Any]) -> Any:
+        return read_logs(supervisor.logs(_name(req)), req)
+
     return {
         "service_start": service_start,
         "service_stop": service_stop,
@@ -83,6 +170,9 @@ def supervisor_handlers(
         "services": services,
         "reboot": do_reboot,
         "shutdown": do_shutdown,
+        "reset": do_reset,
+        "stats": stats,
+        "logs": logs,
     }
 
 

@@ -14,6 +14,9 @@ included, so there one :class:`ChildReaper` owns ``waitpid(-1)``; elsewhere (tes
 
 Output (stdout and stderr merged) goes to a :class:`LogBuffer` per service: a bounded ring in
 memory that osd can follow with a cursor, and a size-bounded, rotated file under ``log_dir``.
+
+Given a ``cgroup_root``, each service runs in its own cgroup v2 group below it (see
+:mod:`talos_os.init.cgroups`), which is where :meth:`Supervisor.usage` reads CPU and memory.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
+from talos_os.init.cgroups import CgroupTree, Usage, proc_usage
 from talos_os.init.fetch import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -176,6 +180,12 @@ class LogBuffer:
         """The cursor of the next line: a follower that starts here sees only new lines."""
         with self._cond:
             return self._next
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close` (the supervisor shut down): no new lines will come."""
+        with self._cond:
+            return self._closed
 
     def append(self, line: str) -> None:
         with self._cond:
@@ -545,16 +555,22 @@ class ProcessHandle:
 
 
 class ProcessRunner:
-    """Runs a service as a plain subprocess in its own session (so it is signalled as a group)."""
+    """Runs a service as a plain subprocess in its own session (so it is signalled as a group).
 
-    def __init__(self, reaper: Reaper | None = None) -> None:
+    With ``cgroups``, the child joins its service's group between fork and exec.
+    """
+
+    def __init__(self, reaper: Reaper | None = None, cgroups: CgroupTree | None = None) -> None:
         self.reaper: Reaper = reaper or WaitReaper()
+        self.cgroups = cgroups
 
     def prepare(self, spec: ServiceSpec) -> None:
         if not spec.argv:
             raise ValueError(f"service {spec.name}: empty argv")
 
     def start(self, spec: ServiceSpec) -> Handle:
+        joiner = self.cgroups.joiner(spec.name) if self.cgroups is not None else None
+
         def popen() -> subprocess.Popen[bytes]:
             return subprocess.Popen(
                 list(spec.argv),
@@ -565,9 +581,14 @@ class ProcessRunner:
                 cwd=spec.cwd,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=joiner[1] if joiner is not None else None,  # only os.write: see cgroups.joiner
             )
 
-        return ProcessHandle(self.reaper.spawn(popen), self.reaper)
+        try:
+            return ProcessHandle(self.reaper.spawn(popen), self.reaper)
+        finally:
+            if joiner is not None:
+                os.close(joiner[0])
 
 
 # --- the supervisor -------------------------------------------------------------------------------
@@ -601,9 +622,11 @@ class Supervisor:
         log_dir: Path | str | None = DEFAULT_LOG_DIR,
         history: int = 100,
         clock: Callable[[], float] = time.time,
+        cgroup_root: Path | str | None = None,
     ) -> None:
         self.reaper: Reaper = reaper or WaitReaper()
-        self.runner: Runner = runner or ProcessRunner(self.reaper)
+        self.cgroups = CgroupTree(cgroup_root) if cgroup_root is not None else None
+        self.runner: Runner = runner or ProcessRunner(self.reaper, self.cgroups)
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self._history = history
         self._clock = clock
@@ -667,6 +690,8 @@ class Supervisor:
     def start(self) -> None:
         """Start every registered service (each waits for its own dependencies)."""
         order = self.order()
+        if self.cgroups is not None:
+            self.cgroups.setup()
         self.reaper.start()
         for name in order:
             self.start_service(name)
@@ -812,9 +837,19 @@ class Supervisor:
             return self._get(name).log
 
     def stats(self) -> dict[str, int | None]:
-        """The pid of each service's current run (None when not running): a hook for osd stats."""
+        """The pid of each service's current run (None when not running)."""
         with self._cond:
             return {n: s.pid for n, s in self._services.items()}
+
+    def usage(self) -> dict[str, tuple[int | None, Usage | None]]:
+        """Per service: the current pid and its CPU/memory (from its cgroup, else /proc; None if neither)."""
+        result: dict[str, tuple[int | None, Usage | None]] = {}
+        for name, pid in self.stats().items():
+            usage = self.cgroups.usage(name) if self.cgroups is not None else None
+            if usage is None and pid is not None:
+                usage = proc_usage(pid)
+            result[name] = (pid, usage)
+        return result
 
     def wait_for(self, name: str, states: Iterable[State], timeout: float | None = None) -> bool:
         """Block until service ``name`` is in one of ``states``; False on timeout."""
@@ -960,6 +995,8 @@ class Supervisor:
                         svc.pid = None
                         svc.exit_code = code
                     outcome = _describe_exit(code)
+                    if self.cgroups is not None:
+                        self.cgroups.remove(spec.name)  # stays while leftover processes live in it
             with self._cond:
                 if self._stopping(svc):
                     self._set(svc, State.STOPPED, f"stopped ({outcome})")
