@@ -1,0 +1,92 @@
+"""``talos-bake aws --ami``: bake (same options as ``talos-bake raw``) or take ``--image``, then publish.
+
+``bakery/cli.py`` registers ``command()``. It is a factory because it needs ``bake_options`` and
+``run_bake`` from bakery.cli, which imports this module: building the command when bakery.cli
+asks for it, not at import, keeps either import order working. stdout gets the AMI id (last
+line) or the dry-run plan; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import click
+
+from bakery.errors import BakeError
+from bakery.progress import Progress
+from platforms.image_source import image_or_bake
+
+PLATFORM = "aws"
+
+
+def command() -> click.Command:
+    """The ``aws`` click command."""
+    from bakery.cli import bake_options, run_bake
+    from platforms.aws.publish import METHODS, AmiRequest, plan, publish_ami
+
+    @click.command(PLATFORM)
+    @click.option("--ami", is_flag=True, help="Publish the image as an EC2 AMI (required: the AWS target).")
+    @click.option(
+        "--region", default=None, help="Region to publish in (default: AWS_REGION or the profile's)."
+    )
+    @click.option("--name", required=True, help="AMI name; an AMI of that name already there is reused.")
+    @click.option("--copy-to-regions", default="", help="Comma-separated regions to copy the AMI to.")
+    @click.option(
+        "--method",
+        type=click.Choice(METHODS),
+        default="ebs",
+        show_default=True,
+        help="ebs: EBS direct APIs (fast, sparse); import: S3 + ImportSnapshot (needs --bucket).",
+    )
+    @click.option("--bucket", default=None, help="S3 bucket for --method import (in the same region).")
+    @click.option("--dry-run", is_flag=True, help="Print the plan; bake, upload, register and copy nothing.")
+    @click.option(
+        "--image",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Publish this raw image instead of baking one.",
+    )
+    @click.option("--profile", default=None, help="AWS profile (default: AWS_PROFILE or the default chain).")
+    @click.option(
+        "--jobs",
+        type=click.IntRange(1, 64),
+        default=8,
+        show_default=True,
+        help="Blocks uploaded in parallel.",
+    )
+    @click.option(
+        "--endpoint-url", default=None, hidden=True, help="AWS endpoint (tests: a local moto server)."
+    )
+    @bake_options
+    @click.pass_context
+    def aws(ctx: click.Context, /, **kw: Any) -> None:
+        """Publish a talos-os image to AWS as an AMI (bakes it first unless --image is given)."""
+        if not kw["ami"]:
+            raise click.UsageError("say what to publish: --ami (an EC2 image) is the AWS target")
+        request = AmiRequest(
+            image=kw["image"] or kw["out"] / f"talos-{PLATFORM}.raw",
+            name=kw["name"],
+            region=kw["region"],
+            copy_to=tuple(r.strip() for r in kw["copy_to_regions"].split(",") if r.strip()),
+            method=kw["method"],
+            bucket=kw["bucket"],
+            profile=kw["profile"],
+            endpoint_url=kw["endpoint_url"],
+            workers=kw["jobs"],
+        )
+        try:
+            if kw["dry_run"]:
+                note = None if kw["image"] else f"baked first into {request.image} (talos-bake raw options)"
+                click.echo("\n".join(plan(request, bake_note=note)))
+                return
+            image = image_or_bake(ctx, kw, PLATFORM, run_bake)
+            result = publish_ami(dataclasses.replace(request, image=image), progress=Progress())
+        except BakeError as exc:
+            raise click.ClickException(str(exc)) from None
+        for region, copied in result.copies.items():
+            click.echo(f"copy in {region}: {copied}", err=True)
+        click.echo(result.image_id)
+
+    return aws
