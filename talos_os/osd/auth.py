@@ -1,0 +1,247 @@
+"""Who may call what: the node's TLS identity, mutual TLS 1.3, and roles from client certificates.
+
+The TLS layer (BoringSSL inside grpc) refuses a client without a certificate, or with one that
+does not chain to the OS CA (machine.ca) or has expired: those never reach a method, and the
+client sees the handshake alert. Every call that gets through is checked again here (chain,
+validity, then role) before the method runs, by :class:`AuthInterceptor`: methods not listed in
+:data:`POLICY` are refused, so a new method cannot be forgotten open.
+
+TLS 1.3 only: grpc's Python API has no minimum-version setting, so :mod:`talos_os.api` disables
+every TLS 1.2 cipher before grpc loads, and :func:`accepts_tls12` lets osd prove at start-up that a
+TLS 1.2 client hello is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import ipaddress
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import grpc
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from talos_os import pki
+from talos_os.config import MachineConfig
+
+SERVICE = "talos.os.v1.Node"
+ADMIN = frozenset({pki.ROLE_ADMIN})
+ANYONE = frozenset({pki.ROLE_ADMIN, pki.ROLE_READER})
+
+# Method -> the roles that may call it. Read additionally refuses secrets to readers (osd.server).
+POLICY: dict[str, frozenset[str]] = {
+    "Version": ANYONE,
+    "Reboot": ADMIN,
+    "Shutdown": ADMIN,
+    "Reset": ADMIN,
+    "ServiceList": ANYONE,
+    "ServiceStart": ADMIN,
+    "ServiceStop": ADMIN,
+    "ServiceRestart": ADMIN,
+    "Stats": ANYONE,
+    "Processes": ANYONE,
+    "Logs": ANYONE,
+    "Dmesg": ANYONE,
+    "Kubeconfig": ADMIN,
+    "Routes": ANYONE,
+    "Interfaces": ANYONE,
+    "Mounts": ANYONE,
+    "Memory": ANYONE,
+    "CopyOut": ADMIN,
+    "Read": ANYONE,
+}
+
+
+class IdentityError(Exception):
+    """osd has no usable server identity; the message says what the config lacks."""
+
+
+def server_identity(
+    config: MachineConfig, addresses: Sequence[str], hostname: str
+) -> tuple[pki.CertKey, str]:
+    """The certificate osd presents, and where it came from.
+
+    machine.identity when the config has one; else a fresh certificate from machine.ca (when the
+    config carries its key) naming ``addresses``, ``hostname`` and machine.certSANs.
+    """
+    machine = config.machine
+    if machine.identity is not None:
+        return pki.CertKey.from_b64(machine.identity.crt, machine.identity.key), "machine.identity"
+    if machine.ca.key is None:
+        raise IdentityError(
+            "osd has no server certificate: the machine config has no machine.identity and machine.ca "
+            "carries no key to issue one; add machine.identity (a certificate signed by machine.ca)"
+        )
+    ca = pki.CertKey.from_b64(machine.ca.crt, machine.ca.key)
+    ips: list[str] = []
+    names: list[str] = [hostname] if hostname else []
+    for value in [*addresses, *machine.cert_sans]:
+        try:
+            ip = str(ipaddress.ip_address(value))
+        except ValueError:
+            if value not in names:
+                names.append(value)
+        else:
+            if ip not in ips:
+                ips.append(ip)
+    cert = pki.issue_certificate(
+        ca, hostname or "talos-os", dns_names=names, ip_addresses=ips, usage="server"
+    )
+    return cert, "issued by machine.ca"
+
+
+def server_credentials(identity: pki.CertKey, ca_pem: bytes) -> grpc.ServerCredentials:
+    """Mutual TLS: present ``identity``, require a client certificate chaining to ``ca_pem``."""
+    return grpc.ssl_server_credentials(
+        [(identity.key_pem, identity.cert_pem)], root_certificates=ca_pem, require_client_auth=True
+    )
+
+
+def accepts_tls12(host: str, port: int, timeout: float = 5.0) -> bool:
+    """Whether the server at ``host:port`` answers a TLS 1.2 client hello with a server hello.
+
+    The hello is made by Python's ssl module (TLS 1.2 only) and the first byte of the answer says
+    it all: a handshake record (22) means TLS 1.2 was accepted; an alert, or grpc simply hanging
+    up (what it does), means it was refused.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["h2"])
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    hello = outgoing.read()
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(hello)
+        first = sock.recv(1)
+    return first == b"\x16"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated client of one call."""
+
+    name: str  # the certificate's CN
+    roles: frozenset[str]
+
+    @property
+    def is_admin(self) -> bool:
+        return pki.ROLE_ADMIN in self.roles
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else cert.subject.rfc4514_string()
+
+
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    """End the call with ``code`` and ``message`` (``context.abort`` raises; this says so to the type checker)."""
+    context.abort(code, message)
+    raise AssertionError("grpc's context.abort returned")
+
+
+class Authorizer:
+    """Turns a call's peer certificate into a :class:`Caller`, or aborts the call saying why."""
+
+    def __init__(self, ca_pem: bytes) -> None:
+        self.ca = pki.load_certificate(ca_pem)
+
+    def caller(self, context: grpc.ServicerContext) -> Caller:
+        pems = context.auth_context().get("x509_pem_cert") or []
+        if not pems:
+            abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no client certificate: present one signed by the cluster's OS CA (the talosconfig's crt)",
+            )
+        try:
+            cert = _parse(bytes(pems[0]))
+        except ValueError as exc:
+            abort(context, grpc.StatusCode.UNAUTHENTICATED, f"the client certificate cannot be parsed: {exc}")
+        try:
+            pki.verify_issued_by(cert, self.ca)
+        except pki.PKIError as exc:
+            abort(context, grpc.StatusCode.UNAUTHENTICATED, f"client certificate refused: {exc}")
+        name = _common_name(cert)
+        roles = frozenset(pki.roles_of(cert))
+        if not roles:
+            abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"client certificate {name!r} grants no role: its Organization must be "
+                f"{pki.ROLE_ADMIN} or {pki.ROLE_READER}",
+            )
+        return Caller(name, roles)
+
+    def authorize(self, context: grpc.ServicerContext, method: str) -> Caller:
+        caller = self.caller(context)
+        allowed = POLICY.get(method, frozenset())
+        if not caller.roles & allowed:
+            needed = (
+                " or ".join(sorted(allowed)) or "a role no certificate has (the method is not in the policy)"
+            )
+            abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{method} needs {needed}; client certificate {caller.name!r} has "
+                f"{', '.join(sorted(caller.roles))}",
+            )
+        return caller
+
+
+def _method_name(full: str) -> tuple[str, str]:
+    """``/talos.os.v1.Node/Version`` -> (``talos.os.v1.Node``, ``Version``)."""
+    service, _, method = full.lstrip("/").rpartition("/")
+    return service, method
+
+
+class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Runs :meth:`Authorizer.authorize` before every method of the node service."""
+
+    def __init__(self, authorizer: Authorizer) -> None:
+        self.authorizer = authorizer
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        service, method = _method_name(details.method)
+        if service != SERVICE:
+            method = details.method  # another service's method: not in the policy, so refused
+        authorize = self.authorizer.authorize
+
+        def guard(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+            def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+                authorize(context, method)
+                return behavior(request, context)
+
+            return guarded
+
+        kw = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), **kw)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), **kw)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(guard(handler.stream_unary), **kw)
+        return grpc.stream_stream_rpc_method_handler(guard(handler.stream_stream), **kw)

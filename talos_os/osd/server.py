@@ -1,0 +1,401 @@
+"""osd: the node API servicer and the grpc server around it.
+
+osd holds no power of its own over the node: reboot, shutdown, reset, service control, service
+logs and service stats are requests to the init over its control socket
+(:mod:`talos_os.init.control`). What it reads itself (processes, network, mounts, memory, the
+kernel log, files) it reads as root from /proc, /sys, netlink and the file system.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from talos_os import __version__, api, pki
+from talos_os.api.gen import node_pb2 as pb
+from talos_os.api.gen import node_pb2_grpc as pb_grpc
+from talos_os.init import control
+from talos_os.osd import kmsg, node, transfer
+from talos_os.osd.auth import AuthInterceptor, Authorizer, abort, accepts_tls12, server_credentials
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 50000
+DEFAULT_KUBECONFIG = Path("/etc/kubernetes/admin.conf")
+LOGS_POLL = 1.0  # seconds a follow waits for new lines before checking the client is still there
+CONTROL_TIMEOUT = 30.0
+
+
+class OsdError(Exception):
+    """osd cannot serve; the message is one sentence for the console."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where osd finds things on the node (tests point these at their own files and sockets)."""
+
+    control_socket: Path = control.DEFAULT_SOCKET
+    kmsg: Path = kmsg.DEFAULT_KMSG
+    kubeconfig: Path = DEFAULT_KUBECONFIG
+    cgroup_prefix: str = "/talos"  # the services' cgroups as /proc/PID/cgroup names them
+    secret_paths: tuple[Path, ...] = field(default_factory=tuple)  # e.g. the machine config
+
+
+_TRANSFER_CODES = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "invalid": grpc.StatusCode.FAILED_PRECONDITION,
+    "failed": grpc.StatusCode.INTERNAL,
+}
+
+
+class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
+    """Every method of ``talos.os.v1.Node``; authorization already happened (:class:`AuthInterceptor`)."""
+
+    def __init__(self, settings: Settings, authorizer: Authorizer) -> None:
+        self.settings = settings
+        self.authorizer = authorizer
+
+    # --- the init --------------------------------------------------------------------------------
+
+    def _init(self, context: grpc.ServicerContext, op: str, **kw: Any) -> Any:
+        try:
+            resp = control.call(self.settings.control_socket, op, timeout=CONTROL_TIMEOUT, **kw)
+        except (OSError, ValueError) as exc:
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"osd cannot reach the init's control socket {self.settings.control_socket}: {exc}",
+            )
+        if not resp.get("ok"):
+            error = str(resp.get("error", "the init refused the request"))
+            code = (
+                grpc.StatusCode.NOT_FOUND
+                if error.startswith(control.NOT_FOUND)
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            abort(context, code, error)
+        return resp.get("result")
+
+    def _action(self, context: grpc.ServicerContext, op: str) -> pb.ActionReply:
+        caller = self.authorizer.caller(context)
+        log.warning("%s requested by %s", op, caller.name)
+        return pb.ActionReply(message=str(self._init(context, op)))
+
+    def Version(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.VersionReply:
+        uname = os.uname()
+        return pb.VersionReply(
+            tag=__version__,
+            api=api.API_VERSION,
+            kernel=uname.release,
+            arch=uname.machine,
+            hostname=uname.nodename,
+            python=platform.python_version(),
+            grpc=grpc.__version__,
+        )
+
+    def Reboot(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ActionReply:
+        return self._action(context, "reboot")
+
+    def Shutdown(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ActionReply:
+        return self._action(context, "shutdown")
+
+    def Reset(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ActionReply:
+        return self._action(context, "reset")
+
+    # --- services --------------------------------------------------------------------------------
+
+    def ServiceList(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.ServiceListReply:
+        services = []
+        for s in self._init(context, "services"):
+            code = s.get("exit_code")
+            services.append(
+                pb.ServiceInfo(
+                    id=s["name"],
+                    state=s["state"],
+                    pid=s.get("pid") or 0,
+                    restarts=s.get("restarts") or 0,
+                    has_exit_code=code is not None,
+                    exit_code=code or 0,
+                    message=s.get("message") or "",
+                    since=float(s.get("since") or 0.0),
+                    depends=s.get("depends") or [],
+                )
+            )
+        return pb.ServiceListReply(services=services)
+
+    def _service_op(
+        self,
+        request: pb.ServiceRequest,
+        context: grpc.ServicerContext,
+        op: str,
+        key: str,
+        done: str,
+        not_done: str,
+    ) -> pb.ServiceActionReply:
+        if not request.id:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a service id is required")
+        caller = self.authorizer.caller(context)
+        log.warning("%s %s requested by %s", op, request.id, caller.name)
+        ok = bool(self._init(context, op, name=request.id).get(key))
+        return pb.ServiceActionReply(id=request.id, done=ok, message=done if ok else not_done)
+
+    def ServiceStart(
+        self, request: pb.ServiceRequest, context: grpc.ServicerContext
+    ) -> pb.ServiceActionReply:
+        return self._service_op(request, context, "service_start", "started", "started", "already running")
+
+    def ServiceStop(self, request: pb.ServiceRequest, context: grpc.ServicerContext) -> pb.ServiceActionReply:
+        return self._service_op(
+            request, context, "service_stop", "stopped", "stopped", "did not stop in time"
+        )
+
+    def ServiceRestart(
+        self, request: pb.ServiceRequest, context: grpc.ServicerContext
+    ) -> pb.ServiceActionReply:
+        return self._service_op(
+            request,
+            context,
+            "service_restart",
+            "restarted",
+            "restarted",
+            "could not be stopped for the restart",
+        )
+
+    def Stats(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.StatsReply:
+        stats = []
+        for name, s in sorted(self._init(context, "stats").items()):
+            stats.append(
+                pb.ServiceStat(
+                    namespace=node.SERVICE_NAMESPACE,
+                    id=name,
+                    pid=s.get("pid") or 0,
+                    cpu_usage_usec=s.get("cpu_usec") or 0,
+                    memory_bytes=s.get("memory_bytes") or 0,
+                    source=s.get("source") or "",
+                )
+            )
+        return pb.StatsReply(stats=stats)
+
+    def Processes(self, request: pb.ProcessesRequest, context: grpc.ServicerContext) -> pb.ProcessesReply:
+        service_pids: dict[int, str] = {}
+        try:
+            resp = control.call(self.settings.control_socket, "services", timeout=CONTROL_TIMEOUT)
+            for s in resp.get("result") or []:
+                if s.get("pid"):
+                    service_pids[int(s["pid"])] = s["name"]
+        except (OSError, ValueError) as exc:
+            log.info("processes without service names: %s", exc)  # cgroups still name them
+        procs = node.processes(service_pids=service_pids, cgroup_prefix=self.settings.cgroup_prefix)
+        return pb.ProcessesReply(
+            processes=[
+                pb.Process(**vars(p))
+                for p in procs
+                if not request.namespace or p.namespace == request.namespace
+            ]
+        )
+
+    def Logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
+        if not request.id:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a service id is required")
+        if request.has_tail and request.tail < 0:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "tail must not be negative")
+        cursor: int | None = None
+        end: int | None = None
+        while context.is_active():
+            kw: dict[str, Any] = {"name": request.id, "wait": LOGS_POLL if request.follow else 0}
+            if cursor is not None:
+                kw["cursor"] = cursor
+            elif request.has_tail:
+                kw["tail"] = request.tail
+            page = self._init(context, "logs", **kw)
+            if end is None:
+                end = int(page["end"])
+            lines: list[str] = page["lines"]
+            if page.get("missed"):
+                lines = [f"[osd: {page['missed']} lines were dropped from the node's buffer]", *lines]
+            if lines:
+                yield pb.Data(bytes=("\n".join(lines) + "\n").encode("utf-8", "replace"))
+            cursor = int(page["cursor"])
+            if not request.follow and cursor >= end:
+                return
+            if request.follow and page.get("closed") and not page["lines"]:
+                return  # the supervisor shut down: nothing more will come
+
+    def Dmesg(self, request: pb.DmesgRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
+        if request.has_tail and request.tail < 0:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "tail must not be negative")
+        try:
+            chunks = kmsg.read(
+                self.settings.kmsg,
+                follow=request.follow,
+                tail=request.tail if request.has_tail else None,
+                active=context.is_active,
+            )
+            for chunk in chunks:
+                yield pb.Data(bytes=chunk)
+        except OSError as exc:
+            abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                f"cannot read the kernel log {self.settings.kmsg}: {exc}",
+            )
+
+    # --- node facts ------------------------------------------------------------------------------
+
+    def Kubeconfig(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.Data:
+        path = self.settings.kubeconfig
+        try:
+            return pb.Data(bytes=path.read_bytes())
+        except FileNotFoundError:
+            abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no kubeconfig at {path} yet: Kubernetes has not been bootstrapped on this node",
+            )
+        except OSError as exc:
+            abort(context, grpc.StatusCode.INTERNAL, f"cannot read {path}: {exc.strerror}")
+
+    def Routes(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.RoutesReply:
+        return pb.RoutesReply(routes=[pb.Route(**vars(r)) for r in node.routes()])
+
+    def Interfaces(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.InterfacesReply:
+        return pb.InterfacesReply(interfaces=[pb.Interface(**vars(i)) for i in node.interfaces()])
+
+    def Mounts(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.MountsReply:
+        return pb.MountsReply(mounts=[pb.Mount(**vars(m)) for m in node.mounts()])
+
+    def Memory(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.MemoryReply:
+        info = node.meminfo()
+        return pb.MemoryReply(
+            total=info.get("MemTotal", 0),
+            free=info.get("MemFree", 0),
+            available=info.get("MemAvailable", 0),
+            buffers=info.get("Buffers", 0),
+            cached=info.get("Cached", 0),
+            shared=info.get("Shmem", 0),
+            swap_total=info.get("SwapTotal", 0),
+            swap_free=info.get("SwapFree", 0),
+            fields=info,
+        )
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def _stream(
+        self, context: grpc.ServicerContext, make: Callable[[], Iterator[bytes]]
+    ) -> Iterator[pb.Data]:
+        try:
+            for chunk in make():
+                yield pb.Data(bytes=chunk)
+        except transfer.TransferError as exc:
+            abort(context, _TRANSFER_CODES[exc.kind], str(exc))
+
+    def CopyOut(self, request: pb.CopyOutRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
+        caller = self.authorizer.caller(context)
+        log.info("copy out %s by %s", request.path, caller.name)
+        return self._stream(context, lambda: transfer.tar_stream(request.path, context.is_active))
+
+    def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
+        caller = self.authorizer.caller(context)
+        if not caller.is_admin and transfer.is_secret(request.path, self.settings.secret_paths):
+            abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{request.path} holds secrets (or is not world-readable): reading it needs {pki.ROLE_ADMIN}",
+            )
+        return self._stream(context, lambda: transfer.read_file(request.path, context.is_active))
+
+
+class Osd:
+    """The grpc server: mutual TLS 1.3 on ``address:port``, every call authorized, methods served."""
+
+    def __init__(
+        self,
+        identity: pki.CertKey,
+        ca_pem: bytes,
+        settings: Settings | None = None,
+        *,
+        address: str = "[::]",
+        port: int = DEFAULT_PORT,
+        max_workers: int = 32,
+    ) -> None:
+        self.identity = identity
+        self.ca_pem = ca_pem
+        self.settings = settings or Settings()
+        self.address = address
+        self.port = port
+        self.max_workers = max_workers
+        self._server: grpc.Server | None = None
+
+    def start(self) -> int:
+        """Listen, serve, and prove TLS 1.2 is refused; the bound port (useful with port 0)."""
+        authorizer = Authorizer(self.ca_pem)
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="osd"),
+            interceptors=[AuthInterceptor(authorizer)],
+            options=[("grpc.so_reuseport", 0)],  # a second osd on the same port must fail, not share it
+            maximum_concurrent_rpcs=self.max_workers * 4,
+        )
+        pb_grpc.add_NodeServicer_to_server(NodeServicer(self.settings, authorizer), server)
+        creds = server_credentials(self.identity, self.ca_pem)
+        bound = _bind(server, creds, self.address, self.port)
+        if not bound:
+            raise OsdError(
+                f"osd cannot listen on {self.address} port {self.port}: it is in use or the address is not "
+                "on this node; free the port or pass another --port"
+            )
+        server.start()
+        self._server = server
+        probe = "127.0.0.1" if self.address in ("[::]", "0.0.0.0", "") else self.address.strip("[]")
+        try:
+            tls12 = accepts_tls12(probe, bound)
+        except OSError as exc:
+            self.stop()
+            raise OsdError(f"osd cannot check its own TLS policy on {probe} port {bound}: {exc}") from None
+        if tls12:
+            self.stop()
+            raise OsdError(
+                "grpc accepted a TLS 1.2 handshake, so osd refuses to serve: grpc was loaded before "
+                "talos_os.api set GRPC_SSL_CIPHER_SUITES (import talos_os.api first)"
+            )
+        self.port = bound
+        log.info("osd listening on %s port %d (mutual TLS 1.3)", self.address, bound)
+        return bound
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        if self._server is not None:
+            self._server.stop(grace).wait()
+            self._server = None
+
+    def wait(self) -> None:
+        if self._server is not None:
+            self._server.wait_for_termination()
+
+    def __enter__(self) -> Osd:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _bind(server: grpc.Server, creds: grpc.ServerCredentials, address: str, port: int) -> int:
+    """Bind and return the port (0 on failure); ``[::]`` falls back to IPv4 on a node without IPv6."""
+    host = address if not (":" in address and not address.startswith("[")) else f"[{address}]"
+    try:
+        bound = int(server.add_secure_port(f"{host}:{port}", creds))
+    except RuntimeError:
+        bound = 0
+    if not bound and address == "[::]":
+        try:
+            bound = int(server.add_secure_port(f"0.0.0.0:{port}", creds))
+        except RuntimeError:
+            bound = 0
+    return bound

@@ -1,0 +1,150 @@
+"""Helpers of the osd tests: the loopback node's parts, client connections, talosconfigs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from talos_os import pki, talosconfig
+from talos_os.api.gen import node_pb2_grpc as pb_grpc
+from talos_os.config import MachineConfig
+from talos_os.init.cgroups import CgroupTree, cgroup2_mount
+from talos_os.init.control import ControlServer
+from talos_os.init.supervisor import LogBuffer, Supervisor
+from talos_os.osd.server import Osd, Settings
+
+T = 10.0
+# Prints "tick 1".."tick N" as the test raises N in its trigger file: the test decides when lines come.
+TICKER = """
+import sys, time
+trigger = sys.argv[1]
+print("ticker ready", flush=True)
+seen = 0
+while True:
+    try:
+        n = int(open(trigger).read() or 0)
+    except (OSError, ValueError):
+        n = 0
+    while seen < n:
+        seen += 1
+        print(f"tick {seen}", flush=True)
+    time.sleep(0.02)
+"""
+KMSG_RECORDS = [
+    "6,1,0,-;Linux version 6.1.0-talos (builder@talos) #1 SMP",
+    " SUBSYSTEM=cpu",
+    "4,2,1500000,-;ACPI: something odd",
+    "6,3,2250001,-;virtio_net virtio0 eth0: link up",
+]
+
+
+@dataclass
+class Cluster:
+    """One generated cluster: the init node's config (OS CA with its key) and the worker's."""
+
+    config: MachineConfig
+    config_text: str
+    worker_text: str
+    ca: pki.CertKey
+
+    def client(self, role: str = pki.ROLE_ADMIN, name: str = "tester") -> pki.CertKey:
+        return pki.issue_client_certificate(self.ca, name, role)
+
+
+def writable_cgroup2() -> Path | None:
+    mount = cgroup2_mount()
+    if mount is None or not os.access(mount / "cgroup.procs", os.W_OK):
+        return None
+    probe = mount / f"talos-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return None
+    return mount
+
+
+@dataclass
+class Node:
+    """Everything behind one loopback osd."""
+
+    root: Path
+    osd: Osd
+    supervisor: Supervisor
+    control: ControlServer
+    settings: Settings
+    trigger: Path
+    actions: list[str] = field(default_factory=list)
+    cgroups: bool = False
+    ticks: int = 0
+
+    @property
+    def port(self) -> int:
+        return self.osd.port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def tick(self, count: int) -> None:
+        """Make the ticker print ``count`` more lines."""
+        self.ticks += count
+        self.trigger.write_text(str(self.ticks))
+
+    def wait_log_lines(self, service: str, count: int) -> None:
+        buf: LogBuffer = self.supervisor.logs(service)
+        deadline = time.monotonic() + T
+        while buf.cursor < count:
+            assert time.monotonic() < deadline, f"{service} logged {buf.cursor} lines, expected {count}"
+            buf.wait_for_more(buf.cursor, 0.5)
+
+
+def remove_groups(tree: CgroupTree) -> None:
+    deadline = time.monotonic() + T
+    while tree.remove_all() and time.monotonic() < deadline:
+        for p in tree.root.iterdir():
+            for pid in tree.pids(p.name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def connect(
+    node: Node,
+    cert: pki.CertKey | None,
+    *,
+    ca_pem: bytes | None = None,
+    host: str = "127.0.0.1",
+) -> Iterator[pb_grpc.NodeStub]:
+    """A stub over mutual TLS as a given client certificate (None: present none)."""
+    ca = ca_pem if ca_pem is not None else node.osd.ca_pem
+    creds = (
+        grpc.ssl_channel_credentials(ca)
+        if cert is None
+        else grpc.ssl_channel_credentials(ca, cert.key_pem, cert.cert_pem)
+    )
+    with grpc.secure_channel(f"{host}:{node.port}", creds) as ch:
+        yield pb_grpc.NodeStub(ch)
+
+
+def write_talosconfig(
+    path: Path, ca: pki.CertKey, client: pki.CertKey, endpoints: list[str], nodes: list[str] | None = None
+) -> Path:
+    """A talosconfig with one context ("test") pointing at loopback osd instances."""
+    ctx = talosconfig.Context(
+        endpoints=endpoints,
+        nodes=nodes or [],
+        ca=ca.b64_crt(),
+        crt=client.b64_crt(),
+        key=client.b64_key(),
+    )
+    talosconfig.save(talosconfig.TalosConfig(context="test", contexts={"test": ctx}), path)
+    return path
