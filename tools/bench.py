@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
+from tools import bench_aws
 
 OUT = Path("_build/bench")
 
@@ -31,6 +32,7 @@ def main() -> int:
         print(f"  rootfs {k}: {v / 2**20:.1f} MiB (uncompressed)")
     for k, v in m["initramfs_component_bytes"].items():
         print(f"  initramfs {k}: {v / 2**20:.1f} MiB (uncompressed)")
+    bench_aws.report(image.raw)
     accel = "KVM" if qemu.kvm_usable() else "TCG"
     for firmware in ("bios", "uefi"):
         with qemu.start(image.raw, firmware=firmware) as vm:
