@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from talos_os import __version__
-from talos_os.osctl import config_cmds
+from talos_os.osctl import config_cmds, node_cmds
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -15,6 +15,7 @@ def cli() -> None:
 
 
 config_cmds.register(cli)  # `osctl config ...` and the global --talosconfig option
+node_cmds.register(cli)  # the node API commands and the global -e/--endpoints, -n/--nodes options
 
 
 def main() -> None:

@@ -1,0 +1,249 @@
+"""osctl's side of the node API: targets, the mutual-TLS channel, parallel calls, readable errors.
+
+Which nodes a command goes to: ``-n/--nodes`` (else the context's nodes); with none, the first
+endpoint (``-e/--endpoints``, else the context's). Each node is contacted directly at its own
+address, ``HOST[:PORT]`` with port 50000 by default (a node equal to an endpoint host uses that
+endpoint's port); proxying a request through an endpoint to a node behind it is not done yet.
+
+The server certificate is verified against the context's CA and must name the address used
+(an IP address is matched against the certificate's IP SANs). Our client certificate is checked
+locally first, so an expired or foreign certificate is reported precisely: when a node refuses a
+certificate it hangs up during the TLS handshake, and the client only sees the socket close.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import grpc
+
+from talos_os import pki, talosconfig
+from talos_os.api.gen import node_pb2_grpc as pb_grpc
+
+DEFAULT_PORT = 50000
+CALL_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+
+class NodeError(Exception):
+    """A call to one node failed; the message is one sentence for the operator."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One node to talk to: ``name`` as the operator wrote it, and where to connect."""
+
+    name: str
+    host: str
+    port: int = DEFAULT_PORT
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for grpc (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_target(value: str, default_port: int = DEFAULT_PORT) -> Target:
+    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address."""
+    text = value.strip()
+    if not text:
+        raise talosconfig.TalosConfigError("an empty node or endpoint was given")
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, ""  # a name, an IPv4 address, or a bare IPv6 address
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise talosconfig.TalosConfigError(f"{value!r} has an invalid port: expected HOST[:PORT]")
+    name = host if not port else text
+    return Target(name=name, host=host, port=int(port) if port else default_port)
+
+
+def resolve_targets(endpoints: Sequence[str], nodes: Sequence[str]) -> list[Target]:
+    """The targets of a command (see the module docstring)."""
+    parsed_endpoints = [parse_target(e) for e in endpoints]
+    if not nodes:
+        if not parsed_endpoints:
+            raise talosconfig.TalosConfigError(
+                "no node to talk to: the context has no endpoints; pass -e HOST or run `osctl config endpoint HOST`"
+            )
+        return parsed_endpoints[:1]
+    ports = {e.host: e.port for e in parsed_endpoints}
+    result: list[Target] = []
+    for n in nodes:
+        target = parse_target(n)
+        if target.port == DEFAULT_PORT and ":" not in n.replace("::", "") and target.host in ports:
+            target = Target(target.name, target.host, ports[target.host])
+        if target not in result:
+            result.append(target)
+    return result
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The context's CA (to verify nodes) and our client certificate and key (PEM)."""
+
+    ca: bytes
+    crt: bytes
+    key: bytes
+
+    @classmethod
+    def from_context(cls, ctx: talosconfig.Context) -> Credentials:
+        return cls(ca=ctx.ca_pem(), crt=ctx.crt_pem(), key=ctx.key_pem())
+
+    def check(self, now: datetime | None = None) -> None:
+        """Refuse, with the reason, a client certificate that no node of this CA would accept."""
+        cert = pki.load_certificate(self.crt)
+        ca = pki.load_certificate(self.ca)
+        who = cert.subject.rfc4514_string()
+        now = now or datetime.now(UTC)
+        if cert.not_valid_after_utc < now:
+            raise talosconfig.TalosConfigError(
+                f"the talosconfig's client certificate {who} expired on {cert.not_valid_after_utc:%Y-%m-%d}; "
+                "issue a new one (`osctl config generate` makes a fresh talosconfig)"
+            )
+        if cert.not_valid_before_utc > now:
+            raise talosconfig.TalosConfigError(
+                f"the talosconfig's client certificate {who} is not valid before "
+                f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this machine's clock"
+            )
+        try:
+            cert.verify_directly_issued_by(ca)
+        except Exception:
+            raise talosconfig.TalosConfigError(
+                f"the talosconfig's client certificate {who} is not signed by the context's CA "
+                f"{ca.subject.rfc4514_string()}, so no node of that cluster accepts it; use the matching context"
+            ) from None
+        if not pki.roles_of(cert):
+            raise talosconfig.TalosConfigError(
+                f"the talosconfig's client certificate {who} carries no role (its Organization must be "
+                f"{pki.ROLE_ADMIN} or {pki.ROLE_READER})"
+            )
+
+
+def channel(target: Target, creds: Credentials) -> grpc.Channel:
+    """A mutual-TLS channel to one node (TLS 1.3 is what the node accepts)."""
+    return grpc.secure_channel(
+        target.address,
+        grpc.ssl_channel_credentials(
+            root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.crt
+        ),
+        options=[("grpc.enable_retries", 0)],
+    )
+
+
+def stub(ch: grpc.Channel) -> pb_grpc.NodeStub:
+    return pb_grpc.NodeStub(ch)
+
+
+def explain(err: grpc.RpcError, target: Target) -> str:
+    """One sentence for a failed call (the node's own message when it sent one)."""
+    code = err.code()
+    details = err.details() or ""
+    lowered = details.lower()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if "connection refused" in lowered:
+            return (
+                f"cannot reach the node API at {target.address}: connection refused (is osd running there?)"
+            )
+        if "certificate_verify_failed" in lowered or "tls handshake failed" in lowered:
+            return (
+                f"the node at {target.address} presented a certificate the talosconfig's CA does not trust "
+                "(another cluster's node, or a wrong context)"
+            )
+        if "hostname verification" in lowered or "not in peer certificate" in lowered:
+            return f"the node's certificate does not name {target.host}: connect to one of its addresses"
+        if "socket closed" in lowered or "connection reset" in lowered:
+            return (
+                f"the node at {target.address} refused our client certificate during the TLS handshake "
+                "(it must be signed by the node's OS CA and unexpired; `osctl logs osd` on the node says why)"
+            )
+        if "dns" in lowered or "resolve" in lowered:
+            return f"cannot resolve {target.host}"
+        if "timeout" in lowered or "timed out" in lowered:
+            return f"cannot reach the node API at {target.address}: connection timed out"
+        if "osd cannot" in lowered:
+            return details
+        return f"cannot reach the node API at {target.address}: {details}"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {target.address} in time"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"not authenticated: {details}"
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return f"permission denied: {details}"
+    if code == grpc.StatusCode.CANCELLED:
+        return "cancelled"
+    if code in (
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ):
+        return details
+    return f"{code.name.lower().replace('_', ' ')}: {details}"
+
+
+@dataclass
+class Outcome(Generic[T]):
+    """What one node answered, or why it did not."""
+
+    target: Target
+    value: T | None = None
+    error: str | None = None
+
+
+class Calls:
+    """Runs a function against several nodes in parallel, one channel each; cancellable as a whole."""
+
+    def __init__(self, targets: Sequence[Target], creds: Credentials) -> None:
+        self.targets = list(targets)
+        self.creds = creds
+        self._lock = threading.Lock()
+        self._channels: list[grpc.Channel] = []
+        self._cancelled = False
+
+    @property
+    def many(self) -> bool:
+        return len(self.targets) > 1
+
+    def run(self, fn: Callable[[pb_grpc.NodeStub, Target], T]) -> list[Outcome[T]]:
+        """``fn(stub, target)`` on every target; results in target order, errors as sentences."""
+        if len(self.targets) == 1:
+            return [self._one(fn, self.targets[0])]
+        with ThreadPoolExecutor(max_workers=min(16, len(self.targets))) as pool:
+            futures = [pool.submit(self._one, fn, t) for t in self.targets]
+            try:
+                return [f.result() for f in futures]
+            except KeyboardInterrupt:
+                self.cancel()
+                raise
+
+    def _one(self, fn: Callable[[pb_grpc.NodeStub, Target], T], target: Target) -> Outcome[T]:
+        ch = channel(target, self.creds)
+        with self._lock:
+            self._channels.append(ch)
+        try:
+            return Outcome(target, value=fn(stub(ch), target))
+        except grpc.RpcError as err:
+            if self._cancelled:
+                return Outcome(target, error="cancelled")
+            return Outcome(target, error=explain(err, target))
+        except NodeError as err:
+            return Outcome(target, error=str(err))
+        finally:
+            ch.close()
+
+    def cancel(self) -> None:
+        """Close every channel (ending streams that follow forever)."""
+        with self._lock:
+            self._cancelled = True
+            channels = list(self._channels)
+        for ch in channels:
+            ch.close()

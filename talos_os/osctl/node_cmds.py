@@ -1,0 +1,579 @@
+"""The osctl commands that call the node API (osd): version, reboot, services, logs, cp...
+
+Every command runs on each target node in parallel (see :mod:`talos_os.osctl.client`); with more
+than one node, tables gain a NODE column and streamed lines a ``NODE: `` prefix. A node that fails
+gets one ``error: NODE: ...`` line on stderr and the command exits 1 once the others are done.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tarfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+import click
+from click.shell_completion import get_completion_class
+
+from talos_os import __version__, pki, talosconfig
+from talos_os.api.gen import node_pb2 as pb
+from talos_os.api.gen import node_pb2_grpc as pb_grpc
+from talos_os.osctl.client import (
+    CALL_TIMEOUT,
+    Calls,
+    Credentials,
+    NodeError,
+    Outcome,
+    Target,
+    resolve_targets,
+)
+from talos_os.osctl.config_cmds import talosconfig_path
+from talos_os.osctl.errors import user_errors
+from talos_os.osctl.output import LinePrinter, duration, plain, size, table, to_json
+
+T = TypeVar("T")
+_ENDPOINTS = "talos_os.endpoints"
+_NODES = "talos_os.nodes"
+
+
+# --- global options --------------------------------------------------------------------------------
+
+
+def _hosts_callback(key: str) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], None]:
+    def remember(ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> None:
+        hosts = [h.strip() for v in values for h in v.split(",") if h.strip()]
+        if hosts:
+            ctx.meta[key] = hosts
+
+    return remember
+
+
+def global_options() -> list[click.Option]:
+    """``-e/--endpoints`` and ``-n/--nodes``: override the context's, comma separated or repeated."""
+    return [
+        click.Option(
+            ["-e", "--endpoints"],
+            multiple=True,
+            metavar="HOST[,HOST]",
+            expose_value=False,
+            callback=_hosts_callback(_ENDPOINTS),
+            help="Endpoints to connect to [default: the context's].",
+        ),
+        click.Option(
+            ["-n", "--nodes"],
+            multiple=True,
+            metavar="HOST[,HOST]",
+            expose_value=False,
+            callback=_hosts_callback(_NODES),
+            help="Nodes to run the command on, in parallel [default: the context's, else the endpoint].",
+        ),
+    ]
+
+
+def register(root: click.Group) -> None:
+    """Give the root group ``-e``/``-n`` and attach the node commands."""
+    names = {p.name for p in root.params}
+    root.params.extend(o for o in global_options() if o.name not in names)
+    for command in COMMANDS:
+        root.add_command(command)
+
+
+def _session() -> Calls:
+    ctx = click.get_current_context()
+    with user_errors():
+        cfg = talosconfig.load(talosconfig_path(ctx))
+        context = cfg.current()
+        endpoints = ctx.meta.get(_ENDPOINTS) or context.endpoints
+        nodes = ctx.meta.get(_NODES) or context.nodes
+        targets = resolve_targets(endpoints, nodes)
+        creds = Credentials.from_context(context)
+        creds.check()
+    return Calls(targets, creds)
+
+
+def _report(outcomes: Sequence[Outcome[Any]]) -> None:
+    """Print each failed node's sentence to stderr; exit 1 if any node failed."""
+    failed = [o for o in outcomes if o.error is not None]
+    for o in failed:
+        click.echo(f"error: {o.target.name}: {o.error}", err=True)
+    if failed:
+        click.get_current_context().exit(1)
+
+
+def _run(fn: Callable[[pb_grpc.NodeStub, Target], T]) -> tuple[Calls, list[Outcome[T]]]:
+    calls = _session()
+    try:
+        return calls, calls.run(fn)
+    except KeyboardInterrupt:
+        calls.cancel()
+        click.get_current_context().exit(130)
+        raise  # unreachable: exit raises
+
+
+def _output_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "-o",
+        "--output",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="Output format.",
+    )
+
+
+def _emit(
+    calls: Calls,
+    outcomes: Sequence[Outcome[T]],
+    output: str,
+    headers: Sequence[str],
+    rows: Callable[[T], Sequence[Sequence[object]]],
+    records: Callable[[T], list[dict[str, Any]]],
+) -> None:
+    """Print every node's rows as one table (NODE column when several) or JSON records with ``node``."""
+    ok = [o for o in outcomes if o.error is None and o.value is not None]
+    if output == "json":
+        out = [{"node": o.target.name, **rec} for o in ok for rec in records(o.value)]  # type: ignore[arg-type]
+        click.echo(to_json(out))
+    else:
+        all_rows: list[Sequence[object]] = []
+        for o in ok:
+            for row in rows(o.value):  # type: ignore[arg-type]
+                all_rows.append([o.target.name, *row] if calls.many else row)
+        click.echo(table(["NODE", *headers] if calls.many else headers, all_rows))
+    _report(outcomes)
+
+
+def _stream(fn: Callable[[pb_grpc.NodeStub, Target], Iterator[pb.Data]], out: BinaryIO | None = None) -> None:
+    """Copy each node's byte stream to stdout as it arrives (whole lines, prefixed when several)."""
+    calls = _session()
+    printer = LinePrinter(out or sys.stdout.buffer, prefix=calls.many)
+
+    def pump(stub: pb_grpc.NodeStub, target: Target) -> None:
+        try:
+            for chunk in fn(stub, target):
+                printer.write(target.name, chunk.bytes)
+        finally:
+            printer.close(target.name)
+
+    try:
+        outcomes = calls.run(pump)
+    except KeyboardInterrupt:
+        calls.cancel()
+        click.get_current_context().exit(130)
+    _report(outcomes)
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+@click.command("version")
+@_output_option()
+def version_cmd(output: str) -> None:
+    """Print the client's and each node's versions."""
+    _calls, outcomes = _run(lambda s, _t: s.Version(pb.Empty(), timeout=CALL_TIMEOUT))
+    ok = [o for o in outcomes if o.value is not None]
+    if output == "json":
+        servers = [{"node": o.target.name, **plain(o.value)} for o in ok if o.value is not None]
+        click.echo(to_json({"client": {"tag": __version__, "api": "v1"}, "servers": servers}))
+    else:
+        click.echo(f"Client: osctl {__version__}")
+        headers = ["NODE", "TAG", "API", "KERNEL", "ARCH", "HOSTNAME"]
+        rows = [
+            [o.target.name, v.tag, v.api, v.kernel, v.arch, v.hostname]
+            for o in ok
+            if (v := o.value) is not None
+        ]
+        if rows:
+            click.echo("Server:")
+            click.echo(table(headers, rows))
+    _report(outcomes)
+
+
+def _action(call: Callable[[pb_grpc.NodeStub], pb.ActionReply]) -> None:
+    _calls, outcomes = _run(lambda s, _t: call(s))
+    for o in outcomes:
+        if o.value is not None:
+            click.echo(f"{o.target.name}: {o.value.message}")
+    _report(outcomes)
+
+
+@click.command("reboot")
+def reboot_cmd() -> None:
+    """Reboot the nodes (services are stopped first)."""
+    _action(lambda s: s.Reboot(pb.Empty(), timeout=CALL_TIMEOUT))
+
+
+@click.command("shutdown")
+def shutdown_cmd() -> None:
+    """Power the nodes off (services are stopped first)."""
+    _action(lambda s: s.Shutdown(pb.Empty(), timeout=CALL_TIMEOUT))
+
+
+@click.command("reset")
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def reset_cmd(yes: bool) -> None:
+    """Wipe the nodes' EPHEMERAL partition (/var: logs, images, etcd data) and reboot."""
+    if not yes:
+        click.confirm("Reset wipes /var (container images, logs, etcd data) on the nodes; go on?", abort=True)
+    _action(lambda s: s.Reset(pb.Empty(), timeout=CALL_TIMEOUT))
+
+
+def _service_rows(reply: pb.ServiceListReply) -> list[list[object]]:
+    now = time.time()
+    return [
+        [
+            s.id,
+            s.state,
+            s.pid or "-",
+            s.restarts,
+            s.exit_code if s.has_exit_code else "-",
+            duration(now - s.since) if s.since else "-",
+            s.message,
+        ]
+        for s in reply.services
+    ]
+
+
+@click.command("services")
+@_output_option()
+def services_cmd(output: str) -> None:
+    """List the services the init supervises on each node."""
+    calls, outcomes = _run(lambda s, _t: s.ServiceList(pb.Empty(), timeout=CALL_TIMEOUT))
+    _emit(
+        calls,
+        outcomes,
+        output,
+        ["SERVICE", "STATE", "PID", "RESTARTS", "EXIT", "SINCE", "MESSAGE"],
+        _service_rows,
+        lambda r: [plain(s) for s in r.services],
+    )
+
+
+@click.command("service")
+@click.argument("name")
+@click.argument("action", required=False, type=click.Choice(["start", "stop", "restart"]))
+@_output_option()
+def service_cmd(name: str, action: str | None, output: str) -> None:
+    """Show service NAME, or start, stop or restart it."""
+    if action is None:
+        calls, outcomes = _run(lambda s, _t: s.ServiceList(pb.Empty(), timeout=CALL_TIMEOUT))
+        found: list[Outcome[pb.ServiceListReply]] = []
+        for o in outcomes:
+            if o.value is not None and not any(s.id == name for s in o.value.services):
+                o.error, o.value = f"no service named {name!r}", None
+            found.append(o)
+        _emit(
+            calls,
+            found,
+            output,
+            ["SERVICE", "STATE", "PID", "RESTARTS", "EXIT", "SINCE", "MESSAGE"],
+            lambda r: [row for row in _service_rows(r) if row[0] == name],
+            lambda r: [plain(s) for s in r.services if s.id == name],
+        )
+        return
+    method = {"start": "ServiceStart", "stop": "ServiceStop", "restart": "ServiceRestart"}[action]
+    _calls, results = _run(
+        lambda s, _t: getattr(s, method)(pb.ServiceRequest(id=name), timeout=CALL_TIMEOUT + 30)
+    )
+    for o in results:
+        if o.value is None:
+            continue
+        if o.value.done or action == "start":  # starting a running service is no failure
+            click.echo(f"{o.target.name}: {name} {o.value.message}")
+        else:
+            o.error = f"{name} {o.value.message}"
+    _report(results)
+
+
+@click.command("stats")
+@_output_option()
+def stats_cmd(output: str) -> None:
+    """CPU time and memory of each service (from its cgroup)."""
+    calls, outcomes = _run(lambda s, _t: s.Stats(pb.Empty(), timeout=CALL_TIMEOUT))
+    _emit(
+        calls,
+        outcomes,
+        output,
+        ["NAMESPACE", "ID", "PID", "MEMORY(MB)", "CPU(s)"],
+        lambda r: [
+            [
+                st.namespace,
+                st.id,
+                st.pid or "-",
+                f"{st.memory_bytes / 1e6:.2f}",
+                f"{st.cpu_usage_usec / 1e6:.2f}",
+            ]
+            for st in r.stats
+        ],
+        lambda r: [plain(st) for st in r.stats],
+    )
+
+
+@click.command("ps")
+@click.option("--namespace", default="", help="Only this namespace: system (services), host or kernel.")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Include kernel threads.")
+@_output_option()
+def ps_cmd(namespace: str, show_all: bool, output: str) -> None:
+    """List the processes running on the nodes."""
+    calls, outcomes = _run(
+        lambda s, _t: s.Processes(pb.ProcessesRequest(namespace=namespace), timeout=CALL_TIMEOUT)
+    )
+
+    def shown(r: pb.ProcessesReply) -> list[pb.Process]:
+        return [p for p in r.processes if show_all or namespace == "kernel" or p.namespace != "kernel"]
+
+    _emit(
+        calls,
+        outcomes,
+        output,
+        ["NAMESPACE", "ID", "IMAGE", "PID", "STATUS"],
+        lambda r: [[p.namespace, p.id, p.image or "-", p.pid, p.status] for p in shown(r)],
+        lambda r: [plain(p) for p in shown(r)],
+    )
+
+
+@click.command("logs")
+@click.argument("service")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+def logs_cmd(service: str, follow: bool, tail: int | None) -> None:
+    """Print a service's output."""
+    request = pb.LogsRequest(id=service, follow=follow, tail=tail or 0, has_tail=tail is not None)
+    _stream(lambda s, _t: s.Logs(request))
+
+
+@click.command("dmesg")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new kernel messages until interrupted.")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
+def dmesg_cmd(follow: bool, tail: int | None) -> None:
+    """Print the nodes' kernel log."""
+    request = pb.DmesgRequest(follow=follow, tail=tail or 0, has_tail=tail is not None)
+    _stream(lambda s, _t: s.Dmesg(request))
+
+
+@click.command("kubeconfig")
+@click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
+def kubeconfig_cmd(path: Path | None) -> None:
+    """Fetch the cluster's admin kubeconfig: write it to PATH (mode 0600), else print it."""
+    calls = _session()
+    if calls.many:
+        raise click.ClickException("kubeconfig comes from one node: pass a single -n NODE")
+    [outcome] = calls.run(lambda s, _t: s.Kubeconfig(pb.Empty(), timeout=CALL_TIMEOUT))
+    if outcome.value is not None:
+        if path is None:
+            click.echo(outcome.value.bytes.decode("utf-8", "replace"), nl=False)
+        else:
+            with user_errors():
+                pki.write_secret(path, outcome.value.bytes)
+            click.echo(f"wrote {path}", err=True)
+    _report([outcome])
+
+
+@click.command("routes")
+@_output_option()
+def routes_cmd(output: str) -> None:
+    """List the nodes' routes."""
+    calls, outcomes = _run(lambda s, _t: s.Routes(pb.Empty(), timeout=CALL_TIMEOUT))
+    _emit(
+        calls,
+        outcomes,
+        output,
+        ["INTERFACE", "DESTINATION", "GATEWAY", "SOURCE", "METRIC", "TABLE", "PROTOCOL"],
+        lambda r: [
+            [
+                x.interface or "-",
+                x.destination,
+                x.gateway or "-",
+                x.source or "-",
+                x.metric,
+                x.table,
+                x.protocol,
+            ]
+            for x in r.routes
+        ],
+        lambda r: [plain(x) for x in r.routes],
+    )
+
+
+@click.command("interfaces")
+@_output_option()
+def interfaces_cmd(output: str) -> None:
+    """List the nodes' network interfaces and their addresses."""
+    calls, outcomes = _run(lambda s, _t: s.Interfaces(pb.Empty(), timeout=CALL_TIMEOUT))
+    _emit(
+        calls,
+        outcomes,
+        output,
+        ["INDEX", "NAME", "MTU", "MAC", "STATE", "ADDRESSES"],
+        lambda r: [
+            [i.index, i.name, i.mtu, i.mac or "-", i.state, ",".join(i.addresses) or "-"]
+            for i in r.interfaces
+        ],
+        lambda r: [plain(i) for i in r.interfaces],
+    )
+
+
+@click.command("mounts")
+@_output_option()
+def mounts_cmd(output: str) -> None:
+    """List the nodes' mounted file systems and their usage."""
+    calls, outcomes = _run(lambda s, _t: s.Mounts(pb.Empty(), timeout=CALL_TIMEOUT))
+    _emit(
+        calls,
+        outcomes,
+        output,
+        ["FILESYSTEM", "TYPE", "SIZE", "USED", "AVAILABLE", "USE%", "MOUNTED ON"],
+        lambda r: [
+            [
+                m.source,
+                m.fstype,
+                size(m.size) if m.size else "-",
+                size(m.used) if m.size else "-",
+                size(m.available) if m.size else "-",
+                f"{100 * m.used / m.size:.0f}%" if m.size else "-",
+                m.target,
+            ]
+            for m in r.mounts
+        ],
+        lambda r: [plain(m) for m in r.mounts],
+    )
+
+
+@click.command("memory")
+@_output_option()
+def memory_cmd(output: str) -> None:
+    """The nodes' memory (MiB), like free(1)."""
+    calls, outcomes = _run(lambda s, _t: s.Memory(pb.Empty(), timeout=CALL_TIMEOUT))
+
+    def mib(n: int) -> str:
+        return str(n >> 20)
+
+    _emit(
+        calls,
+        outcomes,
+        output,
+        ["TOTAL", "USED", "FREE", "SHARED", "BUFFERS", "CACHE", "AVAILABLE"],
+        lambda m: [
+            [
+                mib(m.total),
+                mib(max(0, m.total - m.free - m.buffers - m.cached)),
+                mib(m.free),
+                mib(m.shared),
+                mib(m.buffers),
+                mib(m.cached),
+                mib(m.available),
+            ]
+        ],
+        lambda m: [plain(m)],
+    )
+
+
+class _ChunkReader(io.RawIOBase):
+    """A readable file over a stream of Data chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[pb.Data]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks).bytes
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """The ``data`` filter (nothing outside ``dest``, no setuid, no absolute links); devices and
+    whatever the filter refuses are skipped rather than failing the whole copy."""
+    if member.isdev() or member.isfifo():
+        return None
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        return None
+
+
+@click.command("cp")
+@click.argument("node_path", metavar="NODE_PATH")
+@click.argument("local_dir", metavar="LOCAL_DIR", type=click.Path(file_okay=False, path_type=Path))
+def cp_cmd(node_path: str, local_dir: Path) -> None:
+    """Copy NODE_PATH (a file or a tree) from the nodes into LOCAL_DIR (LOCAL_DIR/NODE with several)."""
+    calls = _session()
+
+    def copy(stub: pb_grpc.NodeStub, target: Target) -> int:
+        dest = local_dir / target.name.replace(":", "_") if calls.many else local_dir
+        dest.mkdir(parents=True, exist_ok=True)
+        reader = io.BufferedReader(_ChunkReader(stub.CopyOut(pb.CopyOutRequest(path=node_path))), 1 << 16)
+        count = 0
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    safe = _safe_member(member, str(dest))
+                    if safe is not None:
+                        tar.extract(safe, dest, filter="fully_trusted")
+                        count += 1
+        except (OSError, tarfile.TarError) as exc:
+            raise NodeError(f"copying {node_path} into {dest} failed: {exc}") from None
+        return count
+
+    try:
+        outcomes = calls.run(copy)
+    except KeyboardInterrupt:
+        calls.cancel()
+        click.get_current_context().exit(130)
+    for o in outcomes:
+        if o.value is not None:
+            where = local_dir / o.target.name.replace(":", "_") if calls.many else local_dir
+            click.echo(f"{o.target.name}: copied {o.value} entries of {node_path} into {where}", err=True)
+    _report(outcomes)
+
+
+@click.command("read")
+@click.argument("path")
+def read_cmd(path: str) -> None:
+    """Print a file of the nodes (secrets need an os:admin certificate)."""
+    _stream(lambda s, _t: s.Read(pb.ReadRequest(path=path)))
+
+
+@click.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion_cmd(shell: str) -> None:
+    """Print the shell completion script: eval "$(osctl completion bash)"."""
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        raise click.ClickException(f"click has no completion for {shell}")
+    root = click.get_current_context().find_root().command
+    click.echo(cls(root, {}, "osctl", "_OSCTL_COMPLETE").source())
+
+
+COMMANDS: list[click.Command] = [
+    version_cmd,
+    reboot_cmd,
+    shutdown_cmd,
+    reset_cmd,
+    services_cmd,
+    service_cmd,
+    stats_cmd,
+    ps_cmd,
+    logs_cmd,
+    dmesg_cmd,
+    kubeconfig_cmd,
+    routes_cmd,
+    interfaces_cmd,
+    mounts_cmd,
+    memory_cmd,
+    cp_cmd,
+    read_cmd,
+    completion_cmd,
+]
