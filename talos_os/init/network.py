@@ -33,7 +33,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import AsyncIPRoute
 from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
@@ -42,7 +42,8 @@ from pyroute2.dhcp.hooks import Hook, Trigger
 from pyroute2.dhcp.leases import Lease
 from pyroute2.netlink.exceptions import NetlinkError
 
-from talos_os.config.model import MachineNetwork
+if TYPE_CHECKING:  # the config model is heavy to import; the network comes up before the config
+    from talos_os.config.model import MachineNetwork
 
 FILES_DIR = Path("/run/system/etc")
 DEFAULT_DHCP_TIMEOUT = 30.0
@@ -505,8 +506,8 @@ class NetworkManager:
             if managed.applied_address is not None:
                 await self._del_address(ipr, link, managed.applied_address)
                 managed.applied_address = None
-            if managed.lease is not None:  # already bound: the routes can go on now
-                await self._apply_routes(ipr, link, managed, plan.routes)
+            # Routes through the DHCP subnet can only go on once the lease is there (see _on_lease).
+            await self._apply_routes(ipr, link, managed, plan.routes if managed.lease is not None else ())
             return
         if link.name in self._dhcp:
             await self._stop_dhcp(link.name, release=True)
@@ -571,14 +572,23 @@ class NetworkManager:
         self._log(f"network: DHCP on {name}")
 
     async def _run_dhcp(self, name: str, config: ClientConfig, stop: asyncio.Event) -> None:
-        """Keep a client running until stopped; restart it (backing off) if it fails."""
+        """Keep a client running until stopped; restart it (backing off) if it fails or its I/O ends.
+
+        pyroute2's client ends its send/receive tasks when the link goes administratively down
+        (ENETDOWN) and never restarts them: we notice and start a fresh client.
+        """
         delay = 1.0
         while not stop.is_set():
             try:
                 async with AsyncDHCPClient(config) as client:
                     await client.bootstrap()
-                    await stop.wait()
-                return
+                    stopped = asyncio.ensure_future(stop.wait())
+                    io = [t for t in (client._sender_task, client._receiver_task) if t is not None]
+                    await asyncio.wait([stopped, *io], return_when=asyncio.FIRST_COMPLETED)
+                    stopped.cancel()
+                if stop.is_set():
+                    return
+                self._log(f"network: DHCP client on {name} stopped (link down?); restarting in {delay:.0f} s")
             except Exception as exc:
                 self._log(f"network: DHCP client on {name} failed ({exc!r}); restarting in {delay:.0f} s")
             with contextlib.suppress(asyncio.TimeoutError):

@@ -51,6 +51,12 @@ async def kernel_view() -> dict[str, Any]:
     }
 
 
+async def set_link(name: str, state: str) -> None:
+    async with AsyncIPRoute() as ipr:
+        index = (await ipr.link_lookup(ifname=name))[0]
+        await ipr.link("set", index=index, state=state)
+
+
 def phase(name: str, state: network.NetworkState, files: Path, **extra: Any) -> None:
     resolv = files / "resolv.conf"
     out = {
@@ -112,6 +118,14 @@ def dhcp_then_static(files: Path) -> None:
         {"interfaces": [{"name": "eth0", "dhcp": True}], "dhcpTimeout": "30s"}
     )
     phase("dhcp-again", manager.configure(back), files)
+
+    # Someone sets the link down and up again: the client's I/O ends; a fresh client gets a lease.
+    before = manager.state().link("eth0")
+    asyncio.run(set_link("eth0", "down"))
+    gone = manager.wait_for(lambda s: not s.addresses, timeout=60)
+    asyncio.run(set_link("eth0", "up"))
+    back_up = manager.wait_for(lambda s: bool(s.addresses), timeout=120)
+    phase("flapped", back_up or manager.state(), files, released=gone is not None, had=before is not None)
     manager.stop()
     phase("stopped", network.NetworkState(), files)  # the kernel view: the lease was released
 

@@ -170,6 +170,12 @@ def test_dhcp_then_static_then_dhcp(netns: Namespaces) -> None:
     assert routes(again, proto=4) == [] and ("0.0.0.0/0", "10.99.0.1", metric) in routes(again, proto=16)
     assert again["resolv"].splitlines()[1:] == ["search example.test", "nameserver 10.99.0.53"]
 
+    flapped = result["flapped"]
+    assert flapped["released"] and flapped["kernel"]["eth0_up"]
+    assert flapped["kernel"]["addresses"] == ["10.99.0.57/24"]
+    assert ("0.0.0.0/0", "10.99.0.1", metric) in routes(flapped, proto=16)  # the kernel had dropped it
+    assert "DHCP client on eth0 stopped (link down?)" in log
+
     assert result["stopped"]["kernel"]["addresses"] == []  # stop() released the lease
     assert "DHCPRELEASE" in (netns.tmp / "dnsmasq.log").read_text()
 
