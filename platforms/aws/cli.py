@@ -23,7 +23,7 @@ PLATFORM = "aws"
 
 def command() -> click.Command:
     """The ``aws`` click command."""
-    from bakery.cli import bake_options, run_bake
+    from bakery.cli import bake_options, parse_size, run_bake
     from platforms.aws.publish import METHODS, AmiRequest, plan, publish_ami
 
     @click.command(PLATFORM)
@@ -78,8 +78,16 @@ def command() -> click.Command:
         )
         try:
             if kw["dry_run"]:
-                note = None if kw["image"] else f"baked first into {request.image} (talos-bake raw options)"
-                click.echo("\n".join(plan(request, bake_note=note)))
+                if kw["image"]:
+                    lines = plan(request)
+                else:
+                    if kw["platform"] != PLATFORM:  # as image_or_bake would refuse it
+                        raise BakeError(
+                            f"talos-bake aws publishes aws images, not {kw['platform']}: drop --platform"
+                        )
+                    note = f"baked first into {request.image} with the talos-bake raw options"
+                    lines = plan(request, bake_note=note, disk_size=parse_size(kw["disk_size"]))
+                click.echo("\n".join(lines))
                 return
             image = image_or_bake(ctx, kw, PLATFORM, run_bake)
             result = publish_ami(dataclasses.replace(request, image=image), progress=Progress())
@@ -89,4 +97,7 @@ def command() -> click.Command:
             click.echo(f"copy in {region}: {copied}", err=True)
         click.echo(result.image_id)
 
+    for param in aws.params:  # show the default image_or_bake applies
+        if param.name == "platform":
+            param.default = PLATFORM
     return aws

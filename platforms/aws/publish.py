@@ -104,14 +104,22 @@ def regions(session: boto3.Session, req: AmiRequest) -> tuple[str, list[str]]:
     return region, [r for r in others if r != region]
 
 
-def plan(req: AmiRequest, *, session: boto3.Session | None = None, bake_note: str | None = None) -> list[str]:
-    """What ``publish_ami`` would do, as lines; reads the image (if there is one) and nothing remote."""
+def plan(
+    req: AmiRequest,
+    *,
+    session: boto3.Session | None = None,
+    bake_note: str | None = None,
+    disk_size: int | None = None,
+) -> list[str]:
+    """What ``publish_ami`` would do, as lines; reads the image (if there is one) and nothing remote.
+
+    With ``bake_note`` the image does not exist yet (it would be baked, ``disk_size`` bytes)."""
     check_request(req, need_image=bake_note is None)
     region, others = regions(session or make_session(req.profile), req)
     lines = ["plan (dry run: nothing is uploaded, registered or copied):"]
     if req.endpoint_url:
         lines.append(f"  endpoint: {req.endpoint_url}")
-    gib: int | str = "?"
+    gib: int | str = volume_gib(disk_size) if disk_size else "?"
     if bake_note is None:
         found = scan(req.image)
         gib = volume_gib(found.size)

@@ -49,25 +49,32 @@ FAKE_ENV = {
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/aws-credentials",
     "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
 }
-UNSET = ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+UNSET = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
 
 
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """One moto server for the run, on loopback and a free port."""
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in FAKE_ENV.items():
-            mp.setenv(key, value)
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-        server.stop()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
 
 
 @pytest.fixture
 def moto(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A clean moto (all state reset) and an environment with fake credentials only."""
+    """A clean moto (all state reset) and an environment with fake credentials only (moto's backends,
+    rebuilt lazily after the reset, read MOTO_EC2_LOAD_DEFAULT_AMIS from it)."""
     for key, value in FAKE_ENV.items():
         monkeypatch.setenv(key, value)
     for key in UNSET:
@@ -419,7 +426,25 @@ def test_dry_run_without_image_bakes_nothing(moto: str, tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "baked first into" in result.stdout and not (tmp_path / "out").exists()
+    assert "baked first into" in result.stdout and "gp3 2 GiB" in result.stdout
+    assert not (tmp_path / "out").exists()
+    refused = CliRunner().invoke(
+        cli,
+        [
+            "aws",
+            "--ami",
+            "--dry-run",
+            "--region",
+            REGION,
+            "--name",
+            "talos-test",
+            "--platform",
+            "kvm",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert refused.exit_code == 1 and "publishes aws images, not kvm" in refused.stderr
 
 
 @pytest.mark.parametrize(
@@ -492,6 +517,7 @@ def test_cli_publishes_the_baked_image(moto: str, baked_image: BakeResult) -> No
     )
     assert result.exit_code == 0, result.output
     ami_id = result.stdout.strip().splitlines()[-1]
+    assert "uploading [" in result.stderr and "MB/s" in result.stderr  # the progress bar and the summary
     (image,) = own_images(moto)
     assert image["ImageId"] == ami_id and image["Name"] == "talos-baked"
     (snap,) = own_snapshots(moto, ours=True)
