@@ -1,8 +1,13 @@
 """Stage 1: runs from the initramfs as PID 1 and moves into the read-only squashfs root.
 
 It mounts the kernel filesystems, loads the kernel modules the bakery put in the initramfs
-(dependency order, ``finit_module``), finds the root partition by its GPT label, mounts it
-read-only, frees the initramfs and executes ``/sbin/init`` (stage 2) inside the new root.
+(dependency order, ``finit_module``), finds the root, mounts it read-only, frees the initramfs
+and executes ``/sbin/init`` (stage 2) inside the new root. ``talos.root=`` says where the root is:
+
+- ``talos.root=ROOT-A``: the squashfs partition whose GPT name is ROOT-A (installed disks);
+- ``talos.root=iso:LABEL/path/root.sqsh``: the squashfs file at that path on the iso9660 volume
+  whose volume identifier is LABEL (a live ISO), mounted through a loop device.
+
 Standard library only: the initramfs carries no third-party packages.
 """
 
@@ -13,16 +18,20 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from talos_os.init import cmdline as kernel_cmdline
-from talos_os.init import syscalls
+from talos_os.init import loopdev, syscalls
 from talos_os.kmod import ModuleIndex
 
 NEWROOT = "/sysroot"
 MODULE_LIST = "/etc/talos/modules"  # written by the bakery: one module name per line, in load order
 DEFAULT_ROOT_LABEL = "ROOT-A"
 ROOT_WAIT_SECONDS = 60.0
+ISO_PREFIX = "iso:"
+ISO_MOUNT = "/run/talos-iso"
+ISO_PVD_OFFSET = 16 * 2048  # ISO 9660: the primary volume descriptor is sector 16
 
 _T0 = time.monotonic()
 
@@ -78,6 +87,64 @@ def find_partition(label: str, sys_block: Path = Path("/sys/class/block")) -> st
     return None
 
 
+@dataclass(frozen=True)
+class RootSpec:
+    """Where the root squashfs is: a GPT partition name, or a file on a labelled iso9660 volume."""
+
+    label: str
+    iso_path: str | None = None  # set for a live ISO: the squashfs file's path on the volume
+
+    @property
+    def what(self) -> str:
+        if self.iso_path is None:
+            return f"partition labelled {self.label}"
+        return f"iso9660 volume labelled {self.label}"
+
+
+def parse_root(value: str | None) -> RootSpec:
+    """Parse ``talos.root=``: ``ROOT-A`` or ``iso:LABEL/path/to/root.sqsh`` (ISO labels have no ``/``)."""
+    if not value:
+        return RootSpec(DEFAULT_ROOT_LABEL)
+    if not value.startswith(ISO_PREFIX):
+        return RootSpec(value)
+    label, _, path = value[len(ISO_PREFIX) :].partition("/")
+    parts = [p for p in path.split("/") if p]
+    if not label or not parts or any(p in (".", "..") for p in parts):
+        raise ValueError(f"talos.root={value} is not iso:LABEL/path/to/root.sqsh")
+    return RootSpec(label, "/".join(parts))
+
+
+def iso9660_label(device: str | Path) -> str | None:
+    """The volume identifier of an iso9660 filesystem (from its primary volume descriptor), else None."""
+    try:
+        with open(device, "rb") as f:
+            f.seek(ISO_PVD_OFFSET)
+            pvd = f.read(2048)
+    except OSError:  # an empty CD drive says ENOMEDIUM
+        return None
+    if len(pvd) < 72 or pvd[0] != 1 or pvd[1:6] != b"CD001":
+        return None
+    return pvd[40:72].decode("ascii", "replace").rstrip(" \0") or None
+
+
+def find_iso9660(label: str, sys_block: Path = Path("/sys/class/block"), dev: str = "/dev") -> str | None:
+    """The /dev path of the whole disk or CD whose iso9660 volume is labelled ``label``."""
+    if not sys_block.is_dir():
+        return None
+    for entry in sorted(sys_block.iterdir()):
+        try:
+            fields = dict(line.partition("=")[::2] for line in (entry / "uevent").read_text().splitlines())
+            size = int((entry / "size").read_text().strip() or "0")
+        except (OSError, ValueError):
+            continue
+        name = fields.get("DEVNAME")
+        if not name or size == 0 or fields.get("DEVTYPE") == "partition" or name.startswith(("loop", "ram")):
+            continue
+        if iso9660_label(f"{dev}/{name}") == label:
+            return f"{dev}/{name}"
+    return None
+
+
 def wait_for(
     probe: Callable[[], str | None], timeout: float, what: str, sleep: Callable[[float], None] = time.sleep
 ) -> str:
@@ -127,6 +194,30 @@ def switch_root(newroot: str = NEWROOT, init: str = "/sbin/init") -> None:
     os.execv(init, [init])
 
 
+def mount_root(spec: RootSpec, newroot: str = NEWROOT) -> str:
+    """Wait for the root's device, mount the squashfs read-only on ``newroot``; says what it mounted."""
+    os.makedirs(newroot, exist_ok=True)
+    flags = syscalls.MS_RDONLY | syscalls.MS_NODEV
+    if spec.iso_path is None:
+        device = wait_for(lambda: find_partition(spec.label), ROOT_WAIT_SECONDS, spec.what)
+        syscalls.mount(device, newroot, "squashfs", flags)
+        return f"{spec.label} ({device})"
+    device = wait_for(lambda: find_iso9660(spec.label), ROOT_WAIT_SECONDS, spec.what)
+    os.makedirs(ISO_MOUNT, exist_ok=True)
+    syscalls.mount(device, ISO_MOUNT, "iso9660", flags | syscalls.MS_NOSUID | syscalls.MS_NOEXEC)
+    try:
+        image = f"{ISO_MOUNT}/{spec.iso_path}"
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"{spec.iso_path} is not on the iso9660 volume {spec.label} ({device})")
+        with loopdev.attach(image, read_only=True, autoclear=True) as loop:
+            syscalls.mount(loop, newroot, "squashfs", flags)
+    finally:
+        # The loop device holds the file open, which keeps the volume alive: hide the mount.
+        syscalls.umount(ISO_MOUNT, syscalls.MNT_DETACH)
+        os.rmdir(ISO_MOUNT)
+    return f"{spec.iso_path} on {spec.label} ({device}, via {loop})"
+
+
 def main() -> None:
     """Stage 1 entry point (``/init`` in the initramfs)."""
     try:
@@ -137,11 +228,7 @@ def main() -> None:
         names = Path(MODULE_LIST).read_text().split() if Path(MODULE_LIST).exists() else []
         count = load_modules(moddir, names) if moddir.is_dir() else 0
         log(f"kernel {release}: loaded {count} modules")
-        label = cmdline.get("talos.root") or DEFAULT_ROOT_LABEL
-        device = wait_for(lambda: find_partition(label), ROOT_WAIT_SECONDS, f"partition labelled {label}")
-        os.makedirs(NEWROOT, exist_ok=True)
-        syscalls.mount(device, NEWROOT, "squashfs", syscalls.MS_RDONLY | syscalls.MS_NODEV)
-        log(f"root {label} ({device}) mounted read-only; switching root")
+        log(f"root {mount_root(parse_root(cmdline.get('talos.root')))} mounted read-only; switching root")
         switch_root()
     except BaseException as exc:  # PID 1 must never exit: say why, then restart the machine
         log(f"FATAL: {exc!r}; rebooting in 30 s")
