@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from talos_os.init import disks, supervisor, syscalls
+from talos_os.init import disks, gpt, supervisor, syscalls
 
 MiB = 1 << 20
 
@@ -161,3 +161,31 @@ def test_foreign_filesystem_on_a_loop_disk_is_left_alone(disk: Loop, tmp_path: P
     with open(disk.image, "rb") as f:  # not a byte changed: not even the GPT was grown
         assert f.read() == before
     assert not os.path.ismount(tmp_path / "var")
+
+
+def test_gpt_grow_on_a_4k_sector_disk(tmp_path: Path) -> None:
+    """4Kn disks (some NVMe): LBAs count 4096-byte sectors; sgdisk on a 4 KiB-sector loop device agrees."""
+    image = tmp_path / "4k.img"
+    with open(image, "wb") as f:
+        f.truncate(64 * MiB)
+
+    def attach() -> str:
+        return sh("losetup", "-f", "--show", "--sector-size", "4096", str(image)).strip()
+
+    device = attach()
+    try:
+        sh("sgdisk", "-o", "-n", "1:0:+8M", "-c", "1:BOOT", "-n", "2:0:0", "-c", "2:EPHEMERAL", device)
+    finally:
+        sh("losetup", "-d", device)
+    with open(image, "r+b") as f:
+        f.truncate(128 * MiB)
+    device = attach()
+    try:
+        with open(device, "r+b", buffering=0) as f:
+            result = gpt.grow(f)
+        assert result.sector == 4096 and result.partition is not None
+        total = 128 * MiB // 4096
+        assert result.partition.last_lba == (total - 6 + 1) // 256 * 256 - 1  # 1 MiB = 256 sectors
+        assert "No problems found" in sh("sgdisk", "-v", device)
+    finally:
+        sh("losetup", "-d", device)
