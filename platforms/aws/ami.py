@@ -20,7 +20,7 @@ from talos_os.init.fetch import retry
 
 ROOT_DEVICE = "/dev/xvda"
 NAME_RULE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")
-GONE_STATES = ("deregistered", "disabled")
+FAILED_STATES = ("failed", "error", "disabled", "deregistered")
 
 
 def check_name(name: str) -> str:
@@ -59,11 +59,22 @@ def register_params(name: str, snapshot_id: str, size_gib: int, description: str
 
 
 def find_image(ec2: Any, name: str) -> dict[str, Any] | None:
-    """This account's image called ``name`` in the client's region, if there is one."""
+    """This account's usable image called ``name`` in the client's region, if there is one.
+
+    A failed or disabled one still holds the name, and reusing it would publish an image that
+    cannot launch: that is an error that says how to free the name."""
     with explained("EC2 DescribeImages"):
         images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [name]}])["Images"]
-    live = [i for i in images if i.get("State") not in GONE_STATES]
-    return dict(live[0]) if live else None
+    live = [i for i in images if i.get("State") != "deregistered"]
+    if not live:
+        return None
+    image = dict(live[0])
+    if image.get("State") in FAILED_STATES:
+        raise BakeError(
+            f"AMI {name!r} ({image['ImageId']}) is {image.get('State')}: deregister it with "
+            f"`aws ec2 deregister-image --image-id {image['ImageId']}` or choose another --name"
+        )
+    return image
 
 
 def register(ec2: Any, params: dict[str, Any]) -> str | None:
@@ -100,12 +111,12 @@ def wait_available(ec2: Any, image_id: str, *, timeout: float, poll: float) -> N
         with explained("EC2 DescribeImages"):
             try:
                 images = ec2.describe_images(ImageIds=[image_id])["Images"]
-            except Exception as exc:
+            except ClientError as exc:
                 if error_code(exc) == "InvalidAMIID.NotFound":
                     return False
                 raise
         state = images[0].get("State") if images else "pending"
-        if state in ("failed", "error", *GONE_STATES):
+        if state in FAILED_STATES:
             reason = (images[0].get("StateReason") or {}).get("Message", "") if images else ""
             raise BakeError(f"image {image_id} ended in state {state!r} ({reason}): publish again")
         return state == "available"

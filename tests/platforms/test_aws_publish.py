@@ -284,6 +284,15 @@ def test_publishing_again_returns_the_same_ami_and_uploads_nothing(moto: str, sp
     assert len(own_snapshots(moto, ours=True)) == 1 and len(own_images(moto)) == 1
 
 
+def test_a_disabled_ami_of_that_name_is_an_error_not_a_result(moto: str, tmp_path: Path) -> None:
+    image = tmp_path / "small.raw"
+    image.write_bytes(os.urandom(1 << 20))
+    first = publish_ami(request(image, moto), progress=QUIET)
+    aws(moto, "ec2").disable_image(ImageId=first.image_id)
+    with pytest.raises(BakeError, match=f"is disabled: deregister it .*--image-id {first.image_id}"):
+        publish_ami(request(image, moto), progress=QUIET)
+
+
 def test_a_failure_mid_upload_deletes_the_snapshot(moto: str, sparse_image: Path) -> None:
     # the first 5 blocks go through, then the service fails for good
     broken = Injector(lambda n: aws_error(500, "InternalServerException") if n > 5 else None)
