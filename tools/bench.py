@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
-from tools import bench_aws
+from tools import bench_aws, bench_osd
 
 OUT = Path("_build/bench")
 
@@ -33,6 +33,7 @@ def main() -> int:
     for k, v in m["initramfs_component_bytes"].items():
         print(f"  initramfs {k}: {v / 2**20:.1f} MiB (uncompressed)")
     bench_aws.report(image.raw)
+    bench_osd.report()
     accel = "KVM" if qemu.kvm_usable() else "TCG"
     for firmware in ("bios", "uefi"):
         with qemu.start(image.raw, firmware=firmware) as vm:
