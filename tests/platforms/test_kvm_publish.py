@@ -197,6 +197,11 @@ def test_defined_domain_boots_to_the_banner_under_uefi(
     again = CliRunner().invoke(cli, ["kvm", "--image", str(workdir / "talos-kvm.qcow2"), "--out", str(workdir),
                                      "--name", domain_name, "--define"])  # fmt: skip
     assert again.exit_code == 1 and "already exists" in again.output and "--force" in again.output
+    forced = CliRunner().invoke(cli, ["kvm", "--image", str(workdir / "talos-kvm.qcow2"), "--out", str(workdir),
+                                      "--name", domain_name, "--network", "none", "--define", "--force"])  # fmt: skip
+    assert forced.exit_code == 0, forced.output
+    replaced = libvirt_conn.lookupByName(domain_name)
+    assert not replaced.isActive() and ET.fromstring(replaced.XMLDesc()).find("devices/interface") is None
 
 
 @pytest.mark.e2e

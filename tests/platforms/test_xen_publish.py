@@ -178,9 +178,11 @@ def test_cli_publishes_an_existing_raw_image(tmp_path: Path) -> None:
     image = tmp_path / "talos-xen.raw"
     with open(image, "wb") as f:
         f.truncate(1 << 20)
+    (tmp_path / "talos-xen.raw.manifest.json").write_text('{"platform": "kvm"}')
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["xen", "--image", str(image), "--out", str(out), "--name", "n1"])
     assert result.exit_code == 0, result.output
+    assert "talos-xen.raw was baked for kvm" in result.stderr, "the manifest next to the image is checked"
     lines = result.stdout.splitlines()
     assert lines == [str(image), str(out / "n1-hvm.cfg"), str(out / "n1-pv.cfg"), str(out / "n1-vm-data.txt")]
     pv = XlConfig((out / "n1-pv.cfg").read_text())
