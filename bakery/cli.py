@@ -15,6 +15,7 @@ import click
 from bakery.errors import BakeError
 from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
 from bakery.lock import LOCK_PATH
+from bakery.publish_metal import commands as metal_commands
 from platforms.aws.cli import command as aws_command
 from platforms.kvm.cli import command as kvm_command
 from platforms.xen.cli import command as xen_command
@@ -108,6 +109,8 @@ def qcow2(**kw: Any) -> None:
 cli.add_command(kvm_command())
 cli.add_command(xen_command())
 cli.add_command(aws_command())
+for metal_command in metal_commands():  # install, iso, cidata
+    cli.add_command(metal_command)
 
 
 def main() -> None:
