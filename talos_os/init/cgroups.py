@@ -1,10 +1,13 @@
 """One cgroup v2 group per supervised service, so osd can report each service's CPU and memory.
 
 The tree is ``<root>/<service>`` (on the node ``/sys/fs/cgroup/talos/<service>``). A child joins its
-group before it executes anything: the runner opens the group's ``cgroup.procs`` and the child
-writes ``0`` (itself) to it between fork and exec, so a daemon that forks at once cannot leave a
-grandchild behind in the parent's group. Everything here degrades instead of failing: a service
-whose group cannot be made still runs, and its figures then come from ``/proc`` (main process only).
+group before the service's program runs: the runner opens the group's ``cgroup.procs`` and starts
+the service through :func:`join_and_exec`, a few lines of Python that write ``0`` (itself) to it and
+then exec the program, so a daemon that forks at once cannot leave a child behind in the parent's
+group. (Running Python between fork and exec instead, ``preexec_fn``, crashes children of a
+threaded parent now and then; moving the child from outside after the start races with it.)
+Everything here degrades instead of failing: a service whose group cannot be made still runs, and
+its figures then come from ``/proc`` (main process only).
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import contextlib
 import errno
 import logging
 import os
-from collections.abc import Callable
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,9 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = Path("/sys/fs/cgroup/talos")
 # Controllers worth enabling for the services' groups; the kernel may offer fewer.
 CONTROLLERS = ("cpu", "memory", "pids", "io")
+_JOIN_AND_EXEC = (
+    "import os,sys\nfd=int(sys.argv[1])\nos.write(fd,b'0')\nos.close(fd)\nos.execvp(sys.argv[2],sys.argv[2:])"
+)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -94,27 +102,21 @@ class CgroupTree:
                 with contextlib.suppress(OSError):
                     (where / "cgroup.subtree_control").write_text(f"+{controller}")
 
-    def joiner(self, name: str) -> tuple[int, Callable[[], None]] | None:
-        """An open ``cgroup.procs`` of ``name``'s group and a function the child calls to join it.
+    def open_procs(self, name: str) -> int | None:
+        """An open (close-on-exec) ``cgroup.procs`` of ``name``'s group, made if needed.
 
-        The function runs in the child between fork and exec (``preexec_fn``): it only writes to
-        the already open descriptor, so it takes no lock and imports nothing. The caller closes
-        the descriptor after the spawn. None when the group cannot be made (logged once).
+        The caller passes it to :func:`join_and_exec` and closes it after the spawn. None when the
+        group cannot be made (logged once per service).
         """
         group = self.group(name)
         try:
             if not self.root.is_dir():
                 self.setup()
             group.mkdir(exist_ok=True)
-            fd = os.open(group / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            return os.open(group / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
         except OSError as exc:
             self._warn(name, f"service {name} runs outside a cgroup: {group}: {exc}")
             return None
-
-        def join() -> None:
-            os.write(fd, b"0")
-
-        return fd, join
 
     def pids(self, name: str) -> list[int]:
         """The processes now in ``name``'s group (empty if it has none or does not exist)."""
@@ -166,6 +168,20 @@ class CgroupTree:
         if key not in self._warned:
             self._warned.add(key)
             log.warning("%s", message)
+
+
+def join_and_exec(fd: int, argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """``argv`` behind a Python one-liner that joins the group open at ``fd`` and execs ``argv[0]``.
+
+    Pass ``fd`` to the child (``pass_fds``). The program is looked up here first (in ``env``'s
+    PATH), so a missing one fails the start like a direct spawn would, not in the child.
+    """
+    program = argv[0]
+    path = (env if env is not None else os.environ).get("PATH", os.defpath)
+    found = shutil.which(program, path=path) if "/" not in program else program
+    if found is None or not os.access(found, os.X_OK):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
+    return [sys.executable, "-I", "-S", "-c", _JOIN_AND_EXEC, str(fd), *argv]
 
 
 def rss_bytes(pid: int, proc: Path = Path("/proc")) -> int:

@@ -51,6 +51,7 @@ OPS = (
 )
 MAX_WAIT = 10.0  # seconds a logs long poll may block (well under the client's timeout)
 LOGS_MAX_BYTES = 512 * 1024  # JSON-encoded lines per logs answer (a response line stays under 1 MiB)
+LOGS_MAX_LINES = 8192  # and at most this many lines
 NOT_FOUND = "no service named"  # how the supervisor's unknown-service errors begin
 
 Handler = Callable[[dict[str, Any]], Any]
@@ -91,20 +92,25 @@ def read_logs(buf: LogBuffer, req: Mapping[str, Any]) -> dict[str, Any]:
         raise ControlError("logs: 'wait' must be a non-negative number of seconds")
     if cursor is None:
         cursor = max(0, buf.cursor - tail) if tail is not None else 0
-    lines, end = buf.read_since(cursor)
+    page_lines = max(1, min(LOGS_MAX_LINES, max_bytes // 3))  # an empty line costs 3 bytes
+    start, lines, end = buf.page(cursor, page_lines)
     if not lines and wait > 0 and not buf.closed:
         buf.wait_for_more(cursor, min(float(wait), MAX_WAIT))
-        lines, end = buf.read_since(cursor)
-    start = end - len(lines)
-    taken, size = 0, 0
+        start, lines, end = buf.page(cursor, page_lines)
+    # Fill the page by raw length (a quoted line costs its length + 3), then check the real
+    # encoded size once: escapes (control characters, non-ASCII) can make it bigger.
+    taken, size = 0, 2
     for line in lines:
-        size += len(json.dumps(line)) + 1
+        size += len(line) + 3
         if taken and size > max_bytes:
             break
         taken += 1
+    chosen = lines[:taken]
+    while len(chosen) > 1 and len(json.dumps(chosen, separators=(",", ":"))) > max_bytes:
+        chosen = chosen[: len(chosen) // 2]
     return {
-        "lines": lines[:taken],
-        "cursor": start + taken,
+        "lines": chosen,
+        "cursor": start + len(chosen),
         "end": end,
         "missed": max(0, start - cursor),
         "closed": buf.closed,

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol
 
-from talos_os.init.cgroups import CgroupTree, Usage, proc_usage
+from talos_os.init.cgroups import CgroupTree, Usage, join_and_exec, proc_usage
 from talos_os.init.fetch import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -210,6 +210,17 @@ class LogBuffer:
         with self._cond:
             start = min(max(cursor, self._first), self._next)
             return list(itertools.islice(self._ring, start - self._first, None)), self._next
+
+    def page(self, cursor: int, max_lines: int) -> tuple[int, list[str], int]:
+        """At most ``max_lines`` lines from ``cursor`` (or the oldest kept line).
+
+        Returns the number of the first line returned, the lines, and the cursor of the next line
+        the buffer will get: a reader that pages through a big ring copies only one page each time.
+        """
+        with self._cond:
+            start = min(max(cursor, self._first), self._next)
+            offset = start - self._first
+            return start, list(itertools.islice(self._ring, offset, offset + max(0, max_lines))), self._next
 
     def wait_for_more(self, cursor: int, timeout: float | None) -> bool:
         """Block until a line past ``cursor`` exists (True) or the timeout/close comes (False)."""
@@ -557,7 +568,7 @@ class ProcessHandle:
 class ProcessRunner:
     """Runs a service as a plain subprocess in its own session (so it is signalled as a group).
 
-    With ``cgroups``, the child joins its service's group between fork and exec.
+    With ``cgroups``, the child joins its service's group before the program runs.
     """
 
     def __init__(self, reaper: Reaper | None = None, cgroups: CgroupTree | None = None) -> None:
@@ -569,26 +580,27 @@ class ProcessRunner:
             raise ValueError(f"service {spec.name}: empty argv")
 
     def start(self, spec: ServiceSpec) -> Handle:
-        joiner = self.cgroups.joiner(spec.name) if self.cgroups is not None else None
-
-        def popen() -> subprocess.Popen[bytes]:
-            return subprocess.Popen(
-                list(spec.argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=dict(spec.env) if spec.env is not None else None,
-                cwd=spec.cwd,
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=joiner[1] if joiner is not None else None,  # only os.write: see cgroups.joiner
-            )
-
+        procs_fd = self.cgroups.open_procs(spec.name) if self.cgroups is not None else None
         try:
+            argv = list(spec.argv) if procs_fd is None else join_and_exec(procs_fd, spec.argv, spec.env)
+
+            def popen() -> subprocess.Popen[bytes]:
+                return subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    env=dict(spec.env) if spec.env is not None else None,
+                    cwd=spec.cwd,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(procs_fd,) if procs_fd is not None else (),
+                )
+
             return ProcessHandle(self.reaper.spawn(popen), self.reaper)
         finally:
-            if joiner is not None:
-                os.close(joiner[0])
+            if procs_fd is not None:
+                os.close(procs_fd)
 
 
 # --- the supervisor -------------------------------------------------------------------------------

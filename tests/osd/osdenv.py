@@ -17,7 +17,7 @@ from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
 from talos_os.init.cgroups import CgroupTree, cgroup2_mount
 from talos_os.init.control import ControlServer
-from talos_os.init.supervisor import LogBuffer, Supervisor
+from talos_os.init.supervisor import LogBuffer, State, Supervisor
 from talos_os.osd.server import Osd, Settings
 
 T = 10.0
@@ -97,6 +97,21 @@ class Node:
         """Make the ticker print ``count`` more lines."""
         self.ticks += count
         self.trigger.write_text(str(self.ticks))
+
+    def wait_running(self, service: str) -> int:
+        """Wait until ``service`` runs its own program (past the cgroup-joining exec); its pid."""
+        deadline = time.monotonic() + T
+        while True:
+            assert time.monotonic() < deadline, f"{service} is not running its program"
+            pid = self.supervisor.stats()[service]
+            if pid is not None and self.supervisor.info(service).state == State.RUNNING:
+                try:
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    argv = []
+                if argv[1:3] != [b"-I", b"-S"]:
+                    return pid
+            time.sleep(0.02)
 
     def wait_log_lines(self, service: str, count: int) -> None:
         buf: LogBuffer = self.supervisor.logs(service)

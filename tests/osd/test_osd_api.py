@@ -60,12 +60,12 @@ def test_service_stop_start_restart(node: Node, cluster: Cluster) -> None:
         assert sup.info("sleeper").state == State.STOPPED
         started = stub.ServiceStart(pb.ServiceRequest(id="sleeper"), timeout=T)
         assert started.done and started.message == "started"
-        assert sup.wait_for("sleeper", [State.RUNNING], T)
+        node.wait_running("sleeper")
         again = stub.ServiceStart(pb.ServiceRequest(id="sleeper"), timeout=T)
         assert not again.done and again.message == "already running"
         pid = sup.stats()["sleeper"]
         assert stub.ServiceRestart(pb.ServiceRequest(id="sleeper"), timeout=T).done
-        assert sup.wait_for("sleeper", [State.RUNNING], T) and sup.stats()["sleeper"] != pid
+        assert node.wait_running("sleeper") != pid
         missing = rpc_error(lambda: stub.ServiceStop(pb.ServiceRequest(id="nope"), timeout=T))
         assert missing.code() == grpc.StatusCode.NOT_FOUND and missing.details() == "no service named 'nope'"
         empty = rpc_error(lambda: stub.ServiceStart(pb.ServiceRequest(), timeout=T))
@@ -110,13 +110,17 @@ def test_processes(node: Node, cluster: Cluster) -> None:
         system = stub.Processes(pb.ProcessesRequest(namespace="system"), timeout=T).processes
     by_pid = {p.pid: p for p in everything}
     sleeper = by_pid[node.supervisor.stats()["sleeper"]]
-    assert (sleeper.namespace, sleeper.id, sleeper.status) == ("system", "sleeper", "sleeping")
-    assert sleeper.image.endswith("sleep") and sleeper.command == "sleep 3600"
+    assert (sleeper.namespace, sleeper.id) == ("system", "sleeper")
+    assert sleeper.status in ("sleeping", "running")  # "running" for a moment after a restart
+    assert sleeper.image.endswith("sleep"), sleeper
+    assert sleeper.command == "sleep 3600", sleeper
     me = by_pid[os.getpid()]
-    assert me.namespace == "host" and me.rss_bytes > 0 and me.threads >= 1 and me.cpu_seconds > 0
-    assert {p.id for p in system} >= {"sleeper", "ticker"} and {p.namespace for p in system} == {"system"}
-    if any(p.namespace == "kernel" for p in everything):  # kernel threads are visible in this pid namespace
-        assert all(p.image == "" for p in everything if p.namespace == "kernel")
+    assert me.namespace == "host", me
+    assert me.rss_bytes > 0 and me.threads >= 1 and me.cpu_seconds > 0, me
+    assert {p.id for p in system} >= {"sleeper", "ticker"}, system
+    assert {p.namespace for p in system} == {"system"}, system
+    kernel = [p for p in everything if p.namespace == "kernel"]  # if kernel threads are visible here
+    assert all(p.image == "" and p.command.startswith("[") for p in kernel), kernel
 
 
 def _logs(stub: object, **kw: object) -> str:
