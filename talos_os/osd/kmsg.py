@@ -77,7 +77,13 @@ def read(
                     yield b"\n".join(batch) + b"\n"
                     batch, size = [], 0
                 continue
-            # Caught up: what was there at the start is complete.
+            # Caught up: what was there at the start is complete (an unterminated last line too,
+            # unless following: then the rest of it may still come).
+            if partial and not follow:
+                shown = format_line(partial)
+                partial = b""
+                if shown is not None:
+                    (backlog if backlog is not None else batch).append(shown)
             if backlog is not None:
                 batch.extend(backlog)
                 backlog = None
@@ -85,10 +91,6 @@ def read(
                 yield b"\n".join(batch) + b"\n"
                 batch, size = [], 0
             if not follow or not active():
-                if partial and not follow:
-                    shown = format_line(partial)
-                    if shown is not None:
-                        yield shown + b"\n"
                 return
             if data is None:
                 with contextlib.suppress(InterruptedError):
