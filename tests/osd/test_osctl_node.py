@@ -10,6 +10,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,6 +23,7 @@ from osdenv import Cluster, Node, T, write_talosconfig
 from talos_os import __version__, pki
 from talos_os.osctl.cli import cli
 from talos_os.osctl.client import DEFAULT_PORT, parse_target, resolve_targets
+from talos_os.osctl.node_cmds import _safe_member
 from talos_os.osd.server import Osd
 
 OSCTL = [sys.executable, "-c", "from talos_os.osctl.cli import main; main()"]
@@ -203,6 +205,27 @@ def test_cp_and_read(admin_config: Path, reader_config: Path, tmp_path: Path) ->
     refused = osctl(reader_config, "read", str(src / "a.txt"))
     assert refused.exit_code == 1 and "needs os:admin" in refused.output
     assert osctl(admin_config, "read", str(src / "a.txt")).output == "alpha\n"
+
+
+def test_cp_extracts_only_safe_members(tmp_path: Path) -> None:
+    def info(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0o644) -> tarfile.TarInfo:
+        member = tarfile.TarInfo(name)
+        member.type, member.linkname, member.mode = kind, link, mode
+        return member
+
+    dest = str(tmp_path)
+    assert _safe_member(info("../escape"), dest) is None
+    assert _safe_member(info("/etc/passwd"), dest) is None
+    assert _safe_member(info("a/../../up"), dest) is None
+    assert _safe_member(info("l", tarfile.SYMTYPE, "/etc/shadow"), dest) is None
+    assert _safe_member(info("d/l", tarfile.SYMTYPE, "../../outside"), dest) is None
+    assert _safe_member(info("h", tarfile.LNKTYPE, "../outside"), dest) is None
+    assert _safe_member(info("dev", tarfile.CHRTYPE), dest) is None
+    assert _safe_member(info("fifo", tarfile.FIFOTYPE), dest) is None
+    ok = _safe_member(info("d/l", tarfile.SYMTYPE, "../file"), dest)
+    assert ok is not None and ok.linkname == "../file"
+    setuid = _safe_member(info("bin/tool", mode=0o4755), dest)
+    assert setuid is not None and setuid.mode == 0o755 and setuid.uid == os.getuid()
 
 
 def test_several_nodes_in_parallel(admin_config: Path, node: Node, second: Node) -> None:
