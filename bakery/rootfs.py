@@ -27,9 +27,19 @@ DIST_PACKAGES = "usr/lib/python3/dist-packages"
 BIN_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin", "usr/libexec")
 
 STAGE2_LAUNCHER = """#!/usr/bin/python3.11 -I
-# talos-os init, stage 2 (PID 1 inside the read-only root).
-from talos_os.init.main import main
+# talos-os init, stage 2 (PID 1 inside the read-only root). If even the import fails, say why on
+# the console and reboot after a minute: PID 1 exiting would panic the kernel.
+import ctypes, time, traceback
 
+try:
+    from talos_os.init.main import main
+except BaseException:
+    with open("/dev/console", "w") as console:
+        console.write("[talos] FATAL: the init cannot start:\\n" + traceback.format_exc() + "[talos] rebooting in 60 s\\n")
+    time.sleep(60)
+    ctypes.CDLL(None).reboot(0x01234567)
+    while True:
+        time.sleep(3600)
 main()
 """
 
@@ -79,7 +89,19 @@ def api_stubs(site: Path) -> None:
 
 def write_skeleton(tree: Path) -> None:
     """Mount points, /etc basics and the stage-2 init."""
-    for d in ("dev", "proc", "sys", "run", "tmp", "var", "etc/talos", "etc/ssl/certs", "root"):
+    for d in (
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "var",
+        "etc/talos",
+        "etc/ssl/certs",
+        "root",
+        "etc/cni",
+        "etc/kubernetes",
+    ):  # the last two: mount points for writable dirs from /var
         (tree / d).mkdir(parents=True, exist_ok=True)
     etc = tree / "etc"
     (etc / "os-release").write_text(

@@ -12,6 +12,8 @@ import os
 import re
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -273,3 +275,25 @@ def wait_ready(vm: qemu.Boot, timeout: float = 600) -> tuple[str, float]:
 
 def elapsed(start: float) -> float:
     return time.monotonic() - start
+
+
+def osctl(
+    talosconfig: Path, endpoint: str, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real osctl (a subprocess, as an operator would) against one endpoint."""
+    exe = Path(sys.executable).with_name("osctl")
+    argv = [str(exe), "--talosconfig", str(talosconfig), "-e", endpoint, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_api(talosconfig: Path, endpoint: str, timeout: float = 300) -> float:
+    """Poll ``osctl version`` until the node's API answers; returns the seconds it took."""
+    start = time.monotonic()
+    last = ""
+    while time.monotonic() - start < timeout:
+        result = osctl(talosconfig, endpoint, "version")
+        if result.returncode == 0:
+            return time.monotonic() - start
+        last = result.stderr.strip()
+        time.sleep(2)
+    raise TimeoutError(f"the node API at {endpoint} did not answer within {timeout:.0f} s: {last}")

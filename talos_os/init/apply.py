@@ -7,7 +7,6 @@ Everything here takes its target directories as parameters so the host tests use
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 
 from talos_os.config import FileOp, MachineConfig
@@ -47,20 +46,3 @@ def write_files(cfg: MachineConfig, root: Path = Path("/")) -> list[str]:
         os.chmod(target, entry.permissions)
         written.append(entry.path)
     return written
-
-
-def choose_hostname(
-    cfg: MachineConfig | None, platform: Callable[[], str | None], dhcp: str | None, fallback: str
-) -> tuple[str, str]:
-    """Hostname and where it came from: the config, else platform metadata, else DHCP, else fallback."""
-    if cfg is not None and cfg.machine.network is not None and cfg.machine.network.hostname:
-        return str(cfg.machine.network.hostname), "config"
-    try:
-        name = platform()
-    except Exception:  # metadata trouble must not stop the boot; the next choice will do
-        name = None
-    if name:
-        return name, "platform metadata"
-    if dhcp:
-        return dhcp, "DHCP"
-    return fallback, "default"

@@ -1,56 +1,55 @@
 """Stage 2: the init (PID 1) inside the read-only squashfs root.
 
 The boot sequence is the ``PHASES`` list below, run in order; each phase is logged on the
-console and the kernel log with a ``[talos]`` prefix and its duration.
+console and the kernel log with a ``[talos]`` prefix and its duration. The banner
+``talos-os init <version> (platform=<name>)`` follows the platform phase, so an image without a
+config still shows it booted; then the node waits for its config and comes up.
+
+PID 1 never exits: an unexpected exception is logged and the node reboots after a delay. Reboot,
+shutdown and reset requests (Ctrl-Alt-Del, or osd through the control socket) end in
+:func:`shutdown_node`: services stop in reverse order, file systems sync and unmount, then the
+reboot syscall.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import queue
 import signal
+import socket
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
 
 from talos_os import __version__
-from talos_os.init import syscalls
+from talos_os.init import cgroups, disks, modules, network, syscalls
+from talos_os.init.acquire import Acquired, acquire_config
+from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.cmdline import Cmdline, read
+from talos_os.init.console import Console
+from talos_os.init.control import DEFAULT_SOCKET, ControlServer, supervisor_handlers
+from talos_os.init.detect import detect_with_reason
+from talos_os.init.fetch import Progress, fetch_url
+from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
+from talos_os.init.nocloud import kernel_mount
+from talos_os.init.nodestate import load_or_create
+from talos_os.init.services import node_services
+from talos_os.init.supervisor import ChildReaper, Supervisor
+from talos_os.init.supervisor import run as supervisor_run
+from talos_os.plugins import UnknownPlatformError, get
+
+RUNTIME_ETC = Path("/run/talos/etc")  # /etc/hostname, hosts, resolv.conf point here
+WRITABLE_ETC = ("cni", "kubernetes")  # /etc/<name> is bind-mounted from /var/lib/talos/etc/<name>
+PANIC_DELAY = 60.0
 
 
 class BootError(RuntimeError):
     """A condition the node cannot boot past; the message says what and how to fix it."""
-
-
-class Console:
-    """Writes ``[talos]`` lines to the console and the kernel log."""
-
-    def __init__(self, console: str = "/dev/console", kmsg: str = "/dev/kmsg") -> None:
-        self._paths = (console, kmsg)
-        self._files: list[TextIO | None] | None = None
-
-    def _open(self) -> list[TextIO | None]:
-        """Open both once, on first use: nothing is writable before the early mounts."""
-        if self._files is None:
-            files: list[TextIO | None] = []
-            for path in self._paths:
-                try:
-                    files.append(open(path, "w", buffering=1))  # noqa: SIM115 - kept open for the node's life
-                except OSError:
-                    files.append(None)
-            self._files = files
-        return self._files
-
-    def log(self, message: str) -> None:
-        line = f"[talos] {message}"
-        console, kmsg = self._open()
-        for f, text in ((console, line + "\n"), (kmsg, f"<6>{line}\n")):
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.write(text)
 
 
 @dataclass
@@ -59,23 +58,41 @@ class Boot:
 
     cmdline: Cmdline = field(default_factory=Cmdline)
     console: Console = field(default_factory=Console)
+    reaper: ChildReaper = field(default_factory=ChildReaper)
     platform: str = "unknown"
+    guest: Guest | None = None
+    guest_ctx: GuestContext | None = None
+    acquired: Acquired | None = None
+    ephemeral: disks.EphemeralResult | None = None
+    network: network.NetworkManager | None = None
+    hostname: str = ""
+    supervisor: Supervisor | None = None
+    control: ControlServer | None = None
+    requests: queue.Queue[str] = field(default_factory=queue.Queue)
     durations: dict[str, float] = field(default_factory=dict)
+
+    def log(self, message: str) -> None:
+        self.console.log(message)
+
+
+# --- phases -----------------------------------------------------------------------------------
 
 
 def phase_early_mounts(boot: Boot) -> None:
-    """tmpfs on /run and /tmp, cgroup2; /dev, /proc and /sys came from stage 1."""
+    """tmpfs on /run and /tmp, cgroup2; /dev, /proc and /sys came from stage 1 (so did urandom)."""
     mounts = (
         ("tmpfs", "/run", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755"),
         ("tmpfs", "/tmp", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=1777"),
-        ("cgroup2", "/sys/fs/cgroup", "cgroup2", syscalls.MS_NOSUID | syscalls.MS_NODEV, None),
-    )
+        ("cgroup2", "/sys/fs/cgroup", "cgroup2", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC,
+         "nsdelegate"),
+    )  # fmt: skip
     for source, target, fstype, flags, data in mounts:
         if not os.path.ismount(target):
             syscalls.mount(source, target, fstype, flags, data)
     boot.cmdline = read()
     # Keep info-level kernel-log lines off the console: our own lines go there directly.
     Path("/proc/sys/kernel/printk").write_text("4 4 1 7")
+    boot.reaper.start()
 
 
 def phase_hardening(boot: Boot) -> None:
@@ -88,20 +105,193 @@ def phase_hardening(boot: Boot) -> None:
         )
     absent = write_sysctls(KSPP_SYSCTLS)
     if absent:
-        boot.console.log(f"hardening: this kernel has no {', '.join(absent)}")
+        boot.log(f"hardening: this kernel has no {', '.join(absent)}")
     syscalls.reboot(syscalls.LINUX_REBOOT_CMD_CAD_OFF)  # Ctrl-Alt-Del becomes SIGINT for us
 
 
+def phase_modules(boot: Boot) -> None:
+    """Kernel modules for containers and Kubernetes networking (overlay, br_netfilter, ...)."""
+    names = modules.read_names()
+    if not names:
+        return
+    report = modules.load(names, modules.module_dir(), syscalls.finit_module, modules.loaded_modules())
+    boot.log(f"modules: {len(report.loaded)} loaded, {len(report.present)} already present")
+    for name, why in report.failed:
+        boot.log(f"modules: {name} failed: {why}")
+
+
+def phase_root(boot: Boot) -> None:
+    """The root is the read-only squashfs; the /etc files that change live in /run."""
+    probe = Path("/.talos-write-probe")
+    try:
+        probe.write_text("")
+    except OSError as exc:
+        boot.log(f"root: read-only squashfs (a write to / fails: {os.strerror(exc.errno or 0)})")
+    else:
+        probe.unlink()
+        raise BootError("the root file system is writable: boot the squashfs root that talos-bake writes")
+    RUNTIME_ETC.mkdir(parents=True, exist_ok=True)
+    write_etc_defaults(RUNTIME_ETC)
+
+
+def write_etc_defaults(etc: Path) -> None:
+    """hostname, hosts and resolv.conf until the network phase knows better."""
+    for name, text in (
+        ("hostname", "talos\n"),
+        ("hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"),
+        ("resolv.conf", ""),
+    ):
+        if not (etc / name).exists():
+            (etc / name).write_text(text)
+
+
 def phase_platform(boot: Boot) -> None:
-    """Which platform this node runs on: the bakery writes talos.platform=NAME."""
-    boot.platform = boot.cmdline.get("talos.platform") or "unknown"
+    """Which platform this node runs on: ``talos.platform=`` (the bakery writes it), else detection."""
+    found = detect_with_reason(Path("/"), boot.cmdline)
+    try:
+        plugin = get(found.name)
+    except UnknownPlatformError as exc:
+        raise BootError(f"{exc} (chosen because {found.reason})") from None
+    boot.platform = plugin.name
+    boot.guest = plugin.guest
+    boot.guest_ctx = GuestContext(cmdline=boot.cmdline, log=boot.log, mount=kernel_mount)
+    boot.log(f"platform: {plugin.name} ({found.reason})")
 
 
-PHASES: list[tuple[str, Callable[[Boot], None]]] = [
+def phase_disks(boot: Boot) -> None:
+    """EPHEMERAL: found by GPT name, formatted when blank, grown, checked, mounted at /var."""
+    result = disks.prepare_ephemeral(disk_ops(boot), boot.log, prefer_disk=boot_disk())
+    boot.ephemeral = result
+    if not result.mounted:
+        syscalls.mount("tmpfs", "/var", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
+        disks.make_layout(Path("/var"))
+        boot.log(f"disks: /var is a tmpfs ({result.problem}): nothing under /var survives a reboot")
+    for name in WRITABLE_ETC:  # CNI plugins and the kubelet write there; the root stays read-only
+        source = Path("/var/lib/talos/etc") / name
+        source.mkdir(parents=True, exist_ok=True)
+        if Path("/etc", name).is_dir() and not os.path.ismount(f"/etc/{name}"):
+            syscalls.mount(str(source), f"/etc/{name}", None, syscalls.MS_BIND)
+    state = load_or_create()
+    how = "new" if state.new else "kept"
+    boot.log(f"disks: /var mounted; machine-id {state.machine_id} ({how}), boot {state.boots} on this disk")
+
+
+def disk_ops(boot: Boot) -> disks.SystemDiskOps:
+    """Disk side effects for the node: tools run through the reaper (PID 1 must not use subprocess.run)."""
+    return disks.SystemDiskOps(functools.partial(supervisor_run, boot.reaper))
+
+
+def boot_disk() -> str | None:
+    """The disk holding the root file system (``/dev/vda``), preferred when several have EPHEMERAL."""
+    st = os.stat("/")
+    try:
+        part = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}").resolve()
+    except OSError:
+        return None
+    return f"/dev/{part.parent.name}" if (part / "partition").exists() else None
+
+
+def phase_network(boot: Boot) -> None:
+    """Links up and DHCP on every wired link: the config usually comes over the network."""
+    boot.network = network.NetworkManager(
+        boot.log, files_dir=RUNTIME_ETC, lease_dir=Path("/var/lib/talos/dhcp")
+    )
+    state = boot.network.configure(None)
+    boot.log(f"network: addresses {', '.join(state.addresses) or 'none yet'}")
+
+
+def phase_config(boot: Boot) -> None:
+    """Fetch and validate the machine config; wait (with retries) until a valid one arrives."""
+    guest, ctx = boot.guest, boot.guest_ctx
+    assert guest is not None and ctx is not None
+
+    def progress(p: Progress) -> None:
+        if p.phase == "retrying" and p.delay is not None:
+            boot.log(f"config: {p.url}: {p.error}; retry {p.attempt} in {p.delay:.1f} s")
+
+    def fetch(url: str) -> bytes:
+        boot.log(f"config: fetching {url}")
+        return fetch_url(url, progress=progress, deadline=60.0)
+
+    boot.acquired = acquire_config(lambda: guest.find_config(ctx), fetch, boot.log)
+    save_config(boot.acquired.data)
+
+
+def phase_apply(boot: Boot) -> None:
+    """sysctls, network settings, hostname and files from the config."""
+    assert boot.acquired is not None and boot.guest is not None and boot.guest_ctx is not None
+    assert boot.network is not None
+    cfg = boot.acquired.config
+    sysctls, refused = config_sysctls(cfg)
+    for key in refused:
+        boot.log(f"apply: sysctl {key} would weaken KSPP hardening: kept at {KSPP_SYSCTLS[key]}")
+    absent = write_sysctls(sysctls)
+    if absent:
+        boot.log(f"apply: this kernel has no sysctl {', '.join(absent)}")
+    state = boot.network.configure(cfg.machine.network)
+    configured = cfg.machine.network.hostname if cfg.machine.network else None
+    name, source = network.choose_hostname(
+        configured, platform_hostname(boot), state.dhcp_hostname, state.mac
+    )
+    boot.hostname = network.apply_hostname(
+        name, RUNTIME_ETC, syscalls.sethostname, address=state.primary_address
+    )
+    boot.log(f"apply: hostname {boot.hostname} (from {source}); hostname now {socket.gethostname()}")
+    for path in write_files(cfg):
+        boot.log(f"apply: wrote {path}")
+
+
+def platform_hostname(boot: Boot) -> str | None:
+    """The platform's metadata hostname; a metadata failure only costs us this choice."""
+    assert boot.guest is not None and boot.guest_ctx is not None
+    try:
+        return boot.guest.hostname(boot.guest_ctx)
+    except Exception as exc:
+        boot.log(f"apply: no hostname from platform metadata: {exc}")
+        return None
+
+
+def resident_kib(status: Path = Path("/proc/self/status")) -> int:
+    """This process's resident memory (VmRSS), for the ready line and the bench."""
+    for line in status.read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def phase_services(boot: Boot) -> None:
+    """The supervisor, its control socket (for osd) and the node's services."""
+    sup = Supervisor(reaper=boot.reaper, log_dir=Path("/var/log"), cgroup_root=cgroups.DEFAULT_ROOT)
+    for spec in node_services():
+        sup.add(spec)
+    handlers = supervisor_handlers(
+        sup,
+        reboot=lambda: boot.requests.put("reboot"),
+        shutdown=lambda: boot.requests.put("shutdown"),
+        reset=lambda: boot.requests.put("reset"),
+    )
+    boot.control = ControlServer(DEFAULT_SOCKET, handlers)
+    boot.control.start()
+    boot.supervisor = sup
+    sup.start()
+    boot.log(f"services: {', '.join(sup.order())} starting")
+
+
+EARLY: list[tuple[str, Callable[[Boot], None]]] = [
     ("early mounts", phase_early_mounts),
     ("hardening", phase_hardening),
+    ("modules", phase_modules),
+    ("root", phase_root),
     ("platform", phase_platform),
 ]
+CONFIGURE: list[tuple[str, Callable[[Boot], None]]] = [
+    ("disks", phase_disks),
+    ("network", phase_network),
+    ("config", phase_config),
+    ("apply", phase_apply),
+    ("services", phase_services),
+]
+PHASES = EARLY + CONFIGURE
 
 
 def run_phases(boot: Boot, phases: list[tuple[str, Callable[[Boot], None]]]) -> None:
@@ -110,56 +300,83 @@ def run_phases(boot: Boot, phases: list[tuple[str, Callable[[Boot], None]]]) -> 
         start = time.monotonic()
         phase(boot)
         boot.durations[name] = time.monotonic() - start
-        boot.console.log(f"phase {name}: done in {boot.durations[name] * 1000:.0f} ms")
+        boot.log(f"phase {name}: done in {boot.durations[name] * 1000:.0f} ms")
 
 
-def reap_children() -> None:
-    """PID 1 inherits every orphan: collect all exited children."""
+# --- the node's life after boot ----------------------------------------------------------------
+
+
+def wait_for_request(boot: Boot) -> str:
+    """Block until Ctrl-Alt-Del (SIGINT) or the control socket asks for reboot, shutdown or reset."""
+    signal.signal(signal.SIGINT, lambda *_: boot.requests.put("reboot"))
+    signal.signal(signal.SIGTERM, lambda *_: boot.requests.put("shutdown"))
     while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
+        with contextlib.suppress(queue.Empty):
+            return boot.requests.get(timeout=1.0)
 
 
-def power_off(boot: Boot, reboot: bool = False) -> None:
-    """Sync and power off (or restart)."""
-    boot.console.log("rebooting" if reboot else "powering off")
+def shutdown_node(boot: Boot, action: str) -> None:
+    """Stop services in reverse order, sync, unmount, then reboot or power off (reset wipes /var first)."""
+    boot.log(f"{action}: stopping services")
+    if boot.supervisor is not None:
+        boot.supervisor.shutdown()
+    if boot.control is not None:
+        boot.control.stop()
+    if boot.network is not None:
+        with contextlib.suppress(Exception):
+            boot.network.stop(release=action != "reboot")
     os.sync()
+    for name in WRITABLE_ETC:
+        if os.path.ismount(f"/etc/{name}"):
+            with contextlib.suppress(OSError):
+                syscalls.umount(f"/etc/{name}")
+    if os.path.ismount("/var"):
+        try:
+            syscalls.umount("/var")
+        except OSError as exc:
+            boot.log(f"{action}: unmount /var: {exc}; detaching it")
+            with contextlib.suppress(OSError):
+                syscalls.umount("/var", syscalls.MNT_DETACH)
+    if action == "reset":
+        disks.wipe_ephemeral(disk_ops(boot), boot.log, prefer_disk=boot_disk())
+    os.sync()
+    reboot = action != "shutdown"
+    boot.log("rebooting" if reboot else "powering off")
     syscalls.reboot(syscalls.LINUX_REBOOT_CMD_RESTART if reboot else syscalls.LINUX_REBOOT_CMD_POWER_OFF)
 
 
-def idle(boot: Boot) -> None:
-    """Stay up as PID 1: reap children, turn Ctrl-Alt-Del into a reboot."""
-    requested: list[str] = []
-    signal.signal(signal.SIGINT, lambda *_: requested.append("reboot"))
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    while not requested:
-        reap_children()
-        signal.pause()
-    power_off(boot, reboot=True)
+def panic(boot: Boot, exc: BaseException) -> None:
+    """Log the failure, wait, reboot; never return (PID 1 exiting would panic the kernel)."""
+    for line in traceback.format_exception(exc):
+        boot.log(line.rstrip("\n"))
+    delay = float(boot.cmdline.get("talos.panic_delay") or PANIC_DELAY)
+    boot.log(f"FATAL: {exc}")
+    boot.log(f"rebooting in {delay:.0f} s")
+    time.sleep(delay)
+    try:
+        os.sync()
+        syscalls.reboot(syscalls.LINUX_REBOOT_CMD_RESTART)
+    finally:
+        while True:
+            time.sleep(3600)
 
 
 def main() -> None:
     """Stage 2 entry point (``/sbin/init`` in the squashfs root)."""
     boot = Boot()
     try:
-        run_phases(boot, PHASES)
-        boot.console.log(f"talos-os init {__version__} (platform={boot.platform})")
+        run_phases(boot, EARLY)
+        boot.log(f"talos-os init {__version__} (platform={boot.platform})")
         if boot.cmdline.get("talos.test") == "poweroff":
-            power_off(boot)
-        idle(boot)
+            shutdown_node(boot, "shutdown")
+        run_phases(boot, CONFIGURE)
+        total = sum(boot.durations.values())
+        boot.log(
+            f"node ready: {boot.hostname} in {total:.1f} s of init ({time.monotonic():.1f} s since power-on)"
+        )
+        shutdown_node(boot, wait_for_request(boot))
     except BaseException as exc:  # PID 1 never exits: explain, wait, restart
-        boot.console.log(f"FATAL: {exc}")
-        boot.console.log("rebooting in 60 s")
-        time.sleep(60)
-        try:
-            power_off(boot, reboot=True)
-        finally:
-            while True:
-                time.sleep(3600)
+        panic(boot, exc)
 
 
 if __name__ == "__main__":

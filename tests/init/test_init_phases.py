@@ -12,7 +12,7 @@ from talos_os.config import loads
 from talos_os.config.generate import generate
 from talos_os.init import modules
 from talos_os.init.acquire import AcquirePolicy, acquire_config
-from talos_os.init.apply import choose_hostname, config_sysctls, save_config, write_files
+from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.cmdline import parse
 from talos_os.init.fetch import ConfigRef, FetchError
 from talos_os.init.guest import GuestContext
@@ -93,19 +93,6 @@ def test_config_sysctls_cannot_weaken_kspp_and_files_land_under_var(tmp_path: Pa
     assert (
         target.read_text() == "hello again" and target.stat().st_mode & 0o777 == 0o644
     )  # the last entry's mode
-
-
-def test_hostname_comes_from_config_then_platform_then_dhcp() -> None:
-    cfg = loads(GOOD.replace("  network: {}\n", "  network:\n    hostname: cp-1\n"))
-    assert choose_hostname(cfg, lambda: "ip-10-0-0-1", "dhcp-name", "talos-x") == ("cp-1", "config")
-    plain = loads(GOOD)
-    assert choose_hostname(plain, lambda: "ip-10-0-0-1", "dhcp", "t") == ("ip-10-0-0-1", "platform metadata")
-
-    def broken() -> str | None:
-        raise OSError("metadata unreachable")
-
-    assert choose_hostname(plain, broken, "dhcp-name", "t") == ("dhcp-name", "DHCP")
-    assert choose_hostname(None, lambda: None, None, "talos-1234") == ("talos-1234", "default")
 
 
 def test_node_state_survives_and_counts_boots(tmp_path: Path) -> None:
@@ -212,3 +199,32 @@ def test_phases_run_in_order_and_are_timed() -> None:
     assert order == ["one", "two"] and list(boot.durations) == ["one", "two"]
     assert all(line.startswith("phase ") and line.endswith(" ms") for line in boot.console.log.lines)
     assert os.getpid() != 1
+
+
+def test_an_unexpected_exception_is_logged_then_the_node_reboots(monkeypatch: pytest.MonkeyPatch) -> None:
+    from talos_os.init import main as init_main
+
+    log = Lines()
+    events: list[str] = []
+
+    class Stop(BaseException):
+        pass
+
+    def boom(boot: Boot, phases: object) -> None:
+        raise ValueError("disk on fire")
+
+    def sleep(seconds: float) -> None:
+        events.append(f"sleep {seconds:.0f}")
+        if len(events) > 2:
+            raise Stop  # the endless wait after the reboot syscall
+
+    monkeypatch.setattr(init_main, "run_phases", boom)
+    monkeypatch.setattr(init_main.Console, "log", lambda self, message: log(message))
+    monkeypatch.setattr(init_main.time, "sleep", sleep)
+    monkeypatch.setattr(init_main.syscalls, "reboot", lambda cmd: events.append(f"reboot {cmd:#x}"))
+    monkeypatch.setattr(init_main.os, "sync", lambda: None)
+    with pytest.raises(Stop):
+        init_main.main()
+    assert "FATAL: disk on fire" in log.lines and "rebooting in 60 s" in log.lines
+    assert any("ValueError: disk on fire" in line for line in log.lines)  # the traceback, for a bug report
+    assert events[:2] == ["sleep 60", f"reboot {init_main.syscalls.LINUX_REBOOT_CMD_RESTART:#x}"]
