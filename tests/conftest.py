@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -33,7 +34,20 @@ def test_lock() -> Path:
 
 @pytest.fixture(scope="session")
 def baked_image(test_lock: Path) -> BakeResult:
-    """The default image (platform kvm), baked once per test run."""
+    """The default image (platform kvm), baked once per test run.
+
+    TALOS_TEST_REUSE_IMAGE=1 reuses the previous run's image (a developer's shortcut; CI bakes).
+    """
     out = BUILD / "image"
+    if os.environ.get("TALOS_TEST_REUSE_IMAGE") == "1" and (out / "talos-kvm.raw.manifest.json").exists():
+        data = json.loads((out / "talos-kvm.raw.manifest.json").read_text())
+        raw = out / "talos-kvm.raw"
+        return BakeResult(
+            raw=raw,
+            manifest=out / "talos-kvm.raw.manifest.json",
+            kernel=out / "talos-kvm-vmlinuz",
+            initramfs=out / "talos-kvm-initramfs.zst",
+            data=data,
+        )
     shutil.rmtree(out, ignore_errors=True)
     return bake(BakeOptions(platform="kvm", out=out, lock_path=test_lock))

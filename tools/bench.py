@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
-from tools import bench_aws, bench_osd
+from tools import bench_aws, bench_node, bench_osd
 
 OUT = Path("_build/bench")
 
@@ -40,6 +40,8 @@ def main() -> int:
             _m, seconds = vm.wait_for(qemu.BANNER, 300)
             stage1 = next((ln for ln in vm.lines if "stage1: root" in ln), "")
         print(f"boot to banner ({accel}, {firmware}): {seconds:.1f} s from QEMU start  [{stage1.strip()}]")
+    bench_node.report_node(image)
+    bench_node.report_libvirt(image)
     return 0
 
 
