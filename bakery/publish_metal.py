@@ -22,24 +22,32 @@ from bakery import iso as live_iso
 from bakery.errors import BakeError
 from bakery.image import BakeOptions, BakeResult
 from bakery.progress import Progress
-from platforms.image_source import image_or_bake
+from platforms.image_source import warn_if_other_platform
 from talos_os.config import ConfigError
 from talos_os.config import load as load_config
 
 PLATFORM = "bare-metal"
-BAKE_ONLY = ("config_url", "extra_kernel_args", "disk_size", "kernel_flavour", "locked")
+BAKE_ONLY = ("platform", "config_url", "extra_kernel_args", "disk_size", "kernel_flavour", "locked")
 
 
-def raw_image(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult],
-              bake_only: tuple[str, ...] = BAKE_ONLY) -> Path:  # fmt: skip
-    """``--image`` or a fresh bake; a bake option next to ``--image`` is refused, not silently ignored
-    (an install that drops the user's --config-url would boot a node that waits for a config forever)."""
-    if kw["image"] is not None:
-        given = [n for n in bake_only if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise BakeError(f"{flag} only applies when baking: drop it, or drop --image to bake a new image")
-    return image_or_bake(ctx, kw, PLATFORM, bake)
+def raw_image(
+    ctx: click.Context,
+    kw: dict[str, Any],
+    bake: Callable[[dict[str, Any]], BakeResult],
+    bake_only: tuple[str, ...] = BAKE_ONLY,
+) -> Path:
+    """``--image`` or a fresh bake (platform bare-metal unless --platform says otherwise: a live ISO
+    of a kvm image is fine). A bake option next to ``--image`` is refused, not silently ignored: an
+    install that dropped the user's --config-url would boot a node that waits for a config forever."""
+    image: Path | None = kw.pop("image")
+    if image is None:
+        return bake(kw).raw
+    given = [n for n in bake_only if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise BakeError(f"{flag} only applies when baking: drop it, or drop --image to bake a new image")
+    warn_if_other_platform(image.resolve(), PLATFORM)
+    return image.resolve()
 
 
 def _bytes_progress(progress: Progress, what: str) -> Callable[[int, int], None]:
@@ -175,7 +183,7 @@ def commands() -> list[click.Command]:
 
         _user_errors(run)
 
-    for command in (install, iso):  # show the default image_or_bake applies
+    for command in (install, iso):  # bare metal is what these commands are for
         for param in command.params:
             if param.name == "platform":
                 param.default = PLATFORM
