@@ -79,11 +79,13 @@ class Boot:
                 self.lines.append(buf.decode(errors="replace"))
             self._cond.notify_all()
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float) -> tuple[re.Match[str], float]:
-        """Wait until a console line matches; returns the match and seconds since QEMU started."""
+    def wait_for(
+        self, pattern: str | re.Pattern[str], timeout: float, since: int = 0
+    ) -> tuple[re.Match[str], float]:
+        """Wait until a console line (from line ``since`` on) matches; returns it and seconds since start."""
         rx = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = since
         with self._cond:
             while True:
                 for line in self.lines[seen:]:

@@ -267,9 +267,9 @@ def phase_times(lines: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def wait_ready(vm: qemu.Boot, timeout: float = 600) -> tuple[str, float]:
-    """Wait for the ``node ready`` line; returns the hostname and seconds since QEMU started."""
-    m, seconds = vm.wait_for(READY, timeout)
+def wait_ready(vm: qemu.Boot, timeout: float = 600, since: int = 0) -> tuple[str, float]:
+    """Wait for a ``node ready`` line (from console line ``since`` on); returns the hostname and seconds."""
+    m, seconds = vm.wait_for(READY, timeout, since)
     return m.group(1), seconds
 
 
@@ -297,3 +297,20 @@ def wait_api(talosconfig: Path, endpoint: str, timeout: float = 300) -> float:
         last = result.stderr.strip()
         time.sleep(2)
     raise TimeoutError(f"the node API at {endpoint} did not answer within {timeout:.0f} s: {last}")
+
+
+def with_hostname(config: str, hostname: str) -> str:
+    return config.replace("  network: {}\n", f"  network:\n    hostname: {hostname}\n", 1)
+
+
+def assert_configured(vm: qemu.Boot, hostname: str, source: str, timeout: float = 600) -> None:
+    """The checks every platform's boot must pass, read from the console (raises AssertionError)."""
+    got, _seconds = wait_ready(vm, timeout)
+    out = vm.output
+    assert got == hostname, out[-3000:]
+    assert re.search(rf"config: \d+ bytes from {re.escape(source)}[^,]*, valid", out), out[-3000:]
+    assert f"hostname {hostname} (from " in out and f"hostname now {hostname}" in out
+    assert "root: read-only squashfs (a write to / fails: Read-only file system)" in out
+    assert re.search(r"disks: /var mounted; machine-id [0-9a-f]{32}", out)
+    for phase in ("early mounts", "hardening", "platform", "disks", "network", "config", "apply", "services"):
+        assert f"phase {phase}: done in" in out
