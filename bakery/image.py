@@ -83,7 +83,13 @@ def kernel_cmdline(opts: BakeOptions, slot: str = "A") -> str:
 
 def boot_module_order(recipe: KernelRecipe, index: ModuleIndex, flavour: str) -> tuple[list[str], list[str]]:
     """Modules the initramfs loads, in order, and the optional ones this flavour lacks."""
-    order: list[str] = [m for m in recipe.boot_modules if index.has(m)]
+    missing = [m for m in recipe.boot_modules if not index.has(m)]
+    if missing:  # a silently dropped boot module is a node that cannot find its disk or config
+        raise BakeError(
+            f"kernel flavour {flavour!r} has no boot module {', '.join(map(repr, missing))}: "
+            "fix the name in bakery/recipes/kernel.yaml or choose another --kernel-flavour"
+        )
+    order: list[str] = list(recipe.boot_modules)
     skipped: list[str] = []
     for name, mods in recipe.platforms.items():
         for m in mods.required:

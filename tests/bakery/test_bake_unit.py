@@ -369,3 +369,14 @@ def test_boot_filesystem_is_byte_identical_across_builds(tmp_path: Path) -> None
         digests.append(hashlib.sha256(out.read_bytes()).hexdigest())
         time.sleep(1.1)  # a different wall-clock second for the second build
     assert digests[0] == digests[1]
+
+
+def test_a_boot_module_missing_from_the_kernel_stops_the_bake() -> None:
+    from bakery.image import boot_module_order
+    from bakery.recipe import load_kernel
+    from talos_os.kmod import ModuleIndex
+
+    recipe = load_kernel()
+    index = ModuleIndex.parse("kernel/fs/isofs/isofs.ko:\n")
+    with pytest.raises(BakeError, match="has no boot module"):
+        boot_module_order(recipe, index, "cloud")
