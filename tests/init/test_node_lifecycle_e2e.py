@@ -58,8 +58,7 @@ def node(
     talosconfig = work / "talosconfig"
     talosconfig.write_text(configs["talosconfig"])
     port = free_port()
-    bad = configs["controlplane"].replace("type: controlplane", "type: bogus", 1)
-    with config_server(bad) as server:
+    with config_server(b"") as server:  # nothing to serve yet: 404 until a test sets a config
         net = user_net(forwards={CONFIG_HOST: server.port}, hostfwd={port: 50000})
         with boot_node(
             node_image, platform="kvm", config_url=server.guest_url, disk=disk, net=net, reboot=True
@@ -70,8 +69,12 @@ def node(
 def test_bad_config_is_reported_and_the_node_waits_for_a_good_one(
     node: RunningNode, configs: dict[str, str]
 ) -> None:
-    """talos.config= through the user network; validation errors on the console; then the fix."""
+    """talos.config= through the user network: a failing source is retried with backoff, an invalid
+    config shows its validation errors on the console and the node waits; then the fix."""
     vm = node.vm
+    vm.wait_for(r"config source failed: .*404", BOOT_TIMEOUT)
+    vm.wait_for(r"config: waiting \d+\.\d s before attempt 3", 60)
+    node.server.set(configs["controlplane"].replace("type: controlplane", "type: bogus", 1))
     vm.wait_for(r"the machine config from kernel command line talos.config= is invalid", BOOT_TIMEOUT)
     vm.wait_for(r"machine\.type \(line \d+, column \d+\)", 30)
     vm.wait_for(r"config: waiting", 30)
@@ -103,10 +106,11 @@ def osd_call(node: RunningNode, *args: str) -> str:
     return result.stdout
 
 
-def test_ctrl_alt_del_reboots_in_order_and_var_survives(node: RunningNode) -> None:
+def test_ctrl_alt_del_reboots_in_order_var_survives_and_grows(node: RunningNode) -> None:
     vm = node.vm
     first = re.search(r"machine-id ([0-9a-f]{32}) \(new\)", vm.output)
     assert first
+    vm.monitor("block_resize virtio0 3G")  # the disk grows while the node runs; the next boot grows /var
     seen = len(vm.lines)
     vm.monitor("sendkey ctrl-alt-delete")
     vm.wait_for(r"\[talos\] reboot: stopping services", 120, seen)
@@ -116,6 +120,9 @@ def test_ctrl_alt_del_reboots_in_order_and_var_survives(node: RunningNode) -> No
     second_boot = "\n".join(vm.lines[seen:])
     assert f"machine-id {first.group(1)} (kept), boot 2 on this disk" in second_boot
     assert "formatting" not in second_boot  # the filesystem from the first boot was kept
+    assert "moved the backup GPT of /dev/vda to the end of the disk" in second_boot
+    assert re.search(r"/dev/vda6 grown from 1245 MiB to 2269 MiB", second_boot), second_boot[-3000:]
+    assert re.search(r"filesystem on /dev/vda6 grown from \d+ MiB to 22\d\d MiB", second_boot)
 
 
 def test_osctl_reboot_and_the_node_answers_again(node: RunningNode) -> None:
