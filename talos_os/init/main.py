@@ -372,7 +372,8 @@ def main() -> None:
         run_phases(boot, CONFIGURE)
         total = sum(boot.durations.values())
         boot.log(
-            f"node ready: {boot.hostname} in {total:.1f} s of init ({time.monotonic():.1f} s since power-on)"
+            f"node ready: {boot.hostname} in {total:.1f} s of init ({time.monotonic():.1f} s since power-on); "
+            f"init resident memory {resident_kib()} KiB"
         )
         shutdown_node(boot, wait_for_request(boot))
     except BaseException as exc:  # PID 1 never exits: explain, wait, restart
