@@ -41,6 +41,7 @@ def build(args: argparse.Namespace, config: MachineConfig) -> Osd:
         kmsg=args.kmsg,
         kubeconfig=args.kubeconfig,
         secret_paths=(args.config,),
+        machine_config=config,
     )
     ca_pem = config.machine.ca.crt_pem
     return Osd(identity, ca_pem, settings, address=args.address, port=args.port)

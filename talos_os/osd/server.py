@@ -22,9 +22,11 @@ import grpc
 from talos_os import __version__, api, pki
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
+from talos_os.config import MachineConfig
 from talos_os.init import control
 from talos_os.osd import kmsg, node, transfer
 from talos_os.osd.auth import AuthInterceptor, Authorizer, abort, accepts_tls12, server_credentials
+from talos_os.osd.kubeconfig import NoKubeconfig, admin_kubeconfig
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class Settings:
     kubeconfig: Path = DEFAULT_KUBECONFIG
     cgroup_prefix: str = "/talos"  # the services' cgroups as /proc/PID/cgroup names them
     secret_paths: tuple[Path, ...] = field(default_factory=tuple)  # e.g. the machine config
+    machine_config: MachineConfig | None = None  # makes an admin kubeconfig before bootstrap
 
 
 _TRANSFER_CODES = {
@@ -255,11 +258,16 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
         try:
             return pb.Data(bytes=path.read_bytes())
         except FileNotFoundError:
-            abort(
-                context,
-                grpc.StatusCode.NOT_FOUND,
-                f"no kubeconfig at {path} yet: Kubernetes has not been bootstrapped on this node",
-            )
+            if self.settings.machine_config is None:
+                abort(
+                    context,
+                    grpc.StatusCode.NOT_FOUND,
+                    f"no kubeconfig at {path} yet: Kubernetes has not been bootstrapped on this node",
+                )
+            try:  # not bootstrapped yet: a control plane still has the cluster CA to make one
+                return pb.Data(bytes=admin_kubeconfig(self.settings.machine_config))
+            except NoKubeconfig as exc:
+                abort(context, grpc.StatusCode.NOT_FOUND, f"no kubeconfig at {path} and {exc}")
         except OSError as exc:
             abort(context, grpc.StatusCode.INTERNAL, f"cannot read {path}: {exc.strerror}")
 

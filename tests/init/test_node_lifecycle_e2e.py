@@ -98,6 +98,8 @@ def test_osctl_talks_to_the_node_over_mutual_tls(node: RunningNode) -> None:
     assert "containerd successfully booted" in logs
     dmesg = osd_call(node, "dmesg")
     assert "[talos] talos-os init" in dmesg and "Linux version" in dmesg
+    kubeconfig = osd_call(node, "kubeconfig")  # made from the cluster CA: Kubernetes is not bootstrapped
+    assert "server: https://10.5.0.2:6443" in kubeconfig and "client-key-data:" in kubeconfig
 
 
 def osd_call(node: RunningNode, *args: str) -> str:
