@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ _api_build.generate()
 
 from bakery.image import BakeOptions, BakeResult, bake  # noqa: E402
 from bakery.lock import LOCK_PATH  # noqa: E402
+from talos_os.init.cgroups import cgroup2_mount  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # One build directory per test run; TALOS_TEST_BUILD lets concurrent runs keep apart.
@@ -51,3 +55,43 @@ def baked_image(test_lock: Path) -> BakeResult:
         )
     shutil.rmtree(out, ignore_errors=True)
     return bake(BakeOptions(platform="kvm", out=out, lock_path=test_lock))
+
+
+# Prints "ticker ready", then "tick 1".."tick N" as the test raises N in its trigger file: the test
+# decides when a supervised service's lines come.
+_TICKER = """
+import sys, time
+trigger = sys.argv[1]
+print("ticker ready", flush=True)
+seen = 0
+while True:
+    try:
+        n = int(open(trigger).read() or 0)
+    except (OSError, ValueError):
+        n = 0
+    while seen < n:
+        seen += 1
+        print(f"tick {seen}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+@pytest.fixture(scope="session")
+def ticker() -> Callable[[Path], list[str]]:
+    """The argv of a service that prints one line per tick written to ``trigger`` (see _TICKER)."""
+    return lambda trigger: [sys.executable, "-u", "-c", _TICKER, str(trigger)]
+
+
+@pytest.fixture(scope="session")
+def writable_cgroup2() -> Path | None:
+    """The host's cgroup2 mount if this process may make groups in it (tests skip or degrade otherwise)."""
+    mount = cgroup2_mount()
+    if mount is None or not os.access(mount / "cgroup.procs", os.W_OK):
+        return None
+    probe = mount / f"talos-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError:
+        return None
+    return mount

@@ -28,19 +28,6 @@ FORKER = [
 ]
 
 
-def writable_cgroup2() -> Path | None:
-    mount = cgroup2_mount()
-    if mount is None or not os.access(mount / "cgroup.procs", os.W_OK):
-        return None
-    probe = mount / f"talos-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.mkdir()
-        probe.rmdir()
-    except OSError:
-        return None
-    return mount
-
-
 def poll(predicate: Callable[[], bool]) -> bool:
     deadline = time.monotonic() + T
     while not predicate():
@@ -65,9 +52,9 @@ def _kill_all(tree: CgroupTree, name: str) -> None:
 
 
 @pytest.fixture
-def cgroot() -> Iterator[Path]:
+def cgroot(writable_cgroup2: Path | None) -> Iterator[Path]:
     """A fresh group under the host's cgroup2 mount; removed (with anything left in it) afterwards."""
-    mount = writable_cgroup2()
+    mount = writable_cgroup2
     if mount is None:
         pytest.skip("no writable cgroup v2 hierarchy on this host")
     root = mount / f"talos-test-{uuid.uuid4().hex[:8]}"

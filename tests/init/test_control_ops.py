@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,22 +14,6 @@ from talos_os.init.control import MAX_WAIT, ControlServer, call, read_logs, supe
 from talos_os.init.supervisor import LogBuffer, Restart, ServiceSpec, State, Supervisor
 
 T = 10.0
-# Prints "line 1".."line N" as the test raises N in its trigger file, so the test decides when lines come.
-ECHOER = """
-import os, sys, time
-trigger = sys.argv[1]
-print("ready", flush=True)
-seen = 0
-while True:
-    try:
-        n = int(open(trigger).read() or 0)
-    except (OSError, ValueError):
-        n = 0
-    while seen < n:
-        seen += 1
-        print(f"line {seen}", flush=True)
-    time.sleep(0.02)
-"""
 
 
 @pytest.fixture
@@ -41,13 +24,13 @@ def trigger(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def sup(trigger: Path) -> Iterator[Supervisor]:
+def sup(trigger: Path, ticker: Callable[[Path], list[str]]) -> Iterator[Supervisor]:
     s = Supervisor(log_dir=None)
-    s.add(ServiceSpec("echoer", [sys.executable, "-u", "-c", ECHOER, str(trigger)], restart=Restart.ALWAYS))
+    s.add(ServiceSpec("echoer", ticker(trigger), restart=Restart.ALWAYS))
     s.add(ServiceSpec("sleeper", ["sleep", "60"], restart=Restart.ALWAYS, stop_timeout=5))
     s.start()
     assert s.wait_for("echoer", [State.RUNNING], T) and s.wait_for("sleeper", [State.RUNNING], T)
-    assert s.logs("echoer").wait_for_more(0, T)  # "ready"
+    assert s.logs("echoer").wait_for_more(0, T)  # "ticker ready"
     yield s
     s.shutdown(timeout=2)
 
@@ -107,20 +90,20 @@ def test_logs_all_tail_and_cursor(sock: Path, trigger: Path, sup: Supervisor) ->
     emit(trigger, 5)
     wait_lines(sup.logs("echoer"), 6)
     page = call(sock, "logs", name="echoer")["result"]
-    assert page["lines"] == ["ready", "line 1", "line 2", "line 3", "line 4", "line 5"]
+    assert page["lines"] == ["ticker ready", "tick 1", "tick 2", "tick 3", "tick 4", "tick 5"]
     assert page["cursor"] == page["end"] == 6 and page["missed"] == 0 and page["closed"] is False
     tail = call(sock, "logs", name="echoer", tail=2)["result"]
-    assert tail["lines"] == ["line 4", "line 5"] and tail["cursor"] == 6
+    assert tail["lines"] == ["tick 4", "tick 5"] and tail["cursor"] == 6
     assert call(sock, "logs", name="echoer", tail=0)["result"]["lines"] == []
     after = call(sock, "logs", name="echoer", cursor=4)["result"]
-    assert after["lines"] == ["line 4", "line 5"]
+    assert after["lines"] == ["tick 4", "tick 5"]
 
 
 def test_logs_long_poll_returns_when_a_line_arrives(sock: Path, trigger: Path, sup: Supervisor) -> None:
     cursor = sup.logs("echoer").cursor
     threading.Timer(0.3, emit, args=(trigger, 1)).start()
     page = call(sock, "logs", name="echoer", cursor=cursor, wait=MAX_WAIT)["result"]
-    assert page["lines"] == ["line 1"] and page["cursor"] == cursor + 1
+    assert page["lines"] == ["tick 1"] and page["cursor"] == cursor + 1
 
 
 def test_logs_long_poll_times_out_empty(sock: Path, sup: Supervisor) -> None:

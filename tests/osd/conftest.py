@@ -8,12 +8,12 @@ Only the machine's power is fake: reboot/shutdown/reset handlers record the requ
 from __future__ import annotations
 
 import os
-import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from osdenv import KMSG_RECORDS, TICKER, Cluster, Node, T, remove_groups, writable_cgroup2
+from osdenv import KMSG_RECORDS, Cluster, Node, T, remove_groups
 
 from talos_os import pki
 from talos_os.config import loads
@@ -35,7 +35,12 @@ def cluster() -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def node(
+    cluster: Cluster,
+    tmp_path_factory: pytest.TempPathFactory,
+    ticker: Callable[[Path], list[str]],
+    writable_cgroup2: Path | None,
+) -> Iterator[Node]:
     root = tmp_path_factory.mktemp("node")
     trigger = root / "trigger"
     trigger.write_text("0")
@@ -45,10 +50,10 @@ def node(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     kmsg = root / "kmsg"
     kmsg.write_text("\n".join(KMSG_RECORDS) + "\n")
 
-    mount = writable_cgroup2()
+    mount = writable_cgroup2
     cgroup_root = mount / f"talos-osdtest-{uuid.uuid4().hex[:8]}" if mount is not None else None
     sup = Supervisor(log_dir=root / "var" / "log", cgroup_root=cgroup_root)
-    sup.add(ServiceSpec("ticker", [sys.executable, "-u", "-c", TICKER, str(trigger)], restart=Restart.ALWAYS))
+    sup.add(ServiceSpec("ticker", ticker(trigger), restart=Restart.ALWAYS))
     sup.add(ServiceSpec("sleeper", ["sleep", "3600"], restart=Restart.ALWAYS, stop_timeout=5))
     sup.add(ServiceSpec("once", ["sh", "-c", "echo once done"], restart=Restart.NEVER, oneshot=True))
     sup.start()

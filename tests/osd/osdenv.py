@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,28 +14,12 @@ import grpc
 from talos_os import pki, talosconfig
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
-from talos_os.init.cgroups import CgroupTree, cgroup2_mount
+from talos_os.init.cgroups import CgroupTree
 from talos_os.init.control import ControlServer
 from talos_os.init.supervisor import LogBuffer, State, Supervisor
 from talos_os.osd.server import Osd, Settings
 
 T = 10.0
-# Prints "tick 1".."tick N" as the test raises N in its trigger file: the test decides when lines come.
-TICKER = """
-import sys, time
-trigger = sys.argv[1]
-print("ticker ready", flush=True)
-seen = 0
-while True:
-    try:
-        n = int(open(trigger).read() or 0)
-    except (OSError, ValueError):
-        n = 0
-    while seen < n:
-        seen += 1
-        print(f"tick {seen}", flush=True)
-    time.sleep(0.02)
-"""
 KMSG_RECORDS = [
     "6,1,0,-;Linux version 6.1.0-talos (builder@talos) #1 SMP",
     " SUBSYSTEM=cpu",
@@ -56,19 +39,6 @@ class Cluster:
 
     def client(self, role: str = pki.ROLE_ADMIN, name: str = "tester") -> pki.CertKey:
         return pki.issue_client_certificate(self.ca, name, role)
-
-
-def writable_cgroup2() -> Path | None:
-    mount = cgroup2_mount()
-    if mount is None or not os.access(mount / "cgroup.procs", os.W_OK):
-        return None
-    probe = mount / f"talos-probe-{uuid.uuid4().hex[:8]}"
-    try:
-        probe.mkdir()
-        probe.rmdir()
-    except OSError:
-        return None
-    return mount
 
 
 @dataclass
