@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bakery import gpt
 from bakery.errors import BakeError
+from bakery.sparse import data_extents
 from bakery.tools import run
 
 MiB = 1 << 20
@@ -270,28 +271,21 @@ def runs(image: Path, chunk: int = CHUNK) -> Iterator[tuple[int, bytes | int]]:
     """
     size = image.stat().st_size
     with open(image, "rb") as f:
-        fd = f.fileno()
         pos = 0
-        while pos < size:
-            try:
-                data_at = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:  # ENXIO: only a hole is left
-                    raise
-                data_at = size
-            if data_at > pos:
-                yield pos, data_at - pos
-                pos = data_at
-                continue
-            hole_at = min(os.lseek(fd, pos, os.SEEK_HOLE), size)
-            while pos < hole_at:
+        for start, end in data_extents(f.fileno(), size):
+            if start > pos:
+                yield pos, start - pos
+            pos = start
+            while pos < end:
                 f.seek(pos)
-                piece = f.read(min(chunk, hole_at - pos))
+                piece = f.read(min(chunk, end - pos))
                 if piece.count(0) == len(piece):
                     yield pos, len(piece)
                 else:
                     yield pos, piece
                 pos += len(piece)
+        if pos < size:
+            yield pos, size - pos
 
 
 def coalesce(items: Iterator[tuple[int, bytes | int]]) -> Iterator[tuple[int, bytes | int]]:
@@ -422,7 +416,7 @@ def install(
 ) -> Report:
     """Check, write, sync, verify, and fix the backup GPT on a larger target."""
     image_size = image.stat().st_size
-    gpt.read_partitions(image)  # refuse anything that is not a GPT disk image before touching the disk
+    partitions = gpt.read_partitions(image)  # refuse a non-GPT image before touching the disk
     target = inspect_target(disk)
     held = check(target, image, image_size, force, system)
     report = Report(target=target, image_size=image_size)
@@ -440,7 +434,7 @@ def install(
     if target.size > image_size:
         run(["sgdisk", "-e", target.path], what="sgdisk -e (move the backup GPT to the end)")
         report.gpt_moved_to = target.size
-        if gpt.read_partitions(target.path) != gpt.read_partitions(image) or not backup_header_at_end(target):
+        if gpt.read_partitions(target.path) != partitions or not backup_header_at_end(target):
             raise BakeError(
                 f"{target.path}: the partition table is wrong after moving the backup GPT; install again"
             )

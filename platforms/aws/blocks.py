@@ -8,32 +8,15 @@ that hold only zeros are found by reading them and are skipped too.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bakery.sparse import data_extents
+
 BLOCK_SIZE = 512 * 1024  # fixed by the EBS direct APIs
 ZERO_BLOCK = bytes(BLOCK_SIZE)
-
-
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` byte ranges that may hold data; the whole file if the filesystem cannot tell."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after pos
-                return
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no hole support: everything is data
-                yield pos, size
-                return
-            raise
-        end = min(size, os.lseek(fd, start, os.SEEK_HOLE))
-        yield start, end
-        pos = end
 
 
 def blocks_touching(extents: Iterator[tuple[int, int]]) -> Iterator[int]:
