@@ -13,6 +13,8 @@ from click.core import ParameterSource
 from bakery.errors import BakeError
 from bakery.image import BakeResult
 
+QCOW2_MAGIC = b"QFI\xfb"
+
 
 def image_or_bake(
     ctx: click.Context, kw: dict[str, Any], platform: str, bake: Callable[[dict[str, Any]], BakeResult]
@@ -48,3 +50,9 @@ def warn_if_other_platform(image: Path, platform: str) -> None:
             f"warning: {image.name} was baked for {baked_for}, so it boots with talos.platform={baked_for}",
             err=True,
         )
+
+
+def is_qcow2(path: Path) -> bool:
+    """A qcow2 image starts with ``QFI\\xfb``; anything else is taken as raw."""
+    with open(path, "rb") as f:
+        return f.read(4) == QCOW2_MAGIC

@@ -17,7 +17,7 @@ from bakery.errors import BakeError
 from bakery.image import BakeResult, to_qcow2
 from bakery.progress import Progress
 from bakery.qemu import kvm_usable
-from platforms.image_source import image_or_bake
+from platforms.image_source import image_or_bake, is_qcow2
 from platforms.kvm import publish
 from platforms.kvm.publish import DomainSpec, Network
 
@@ -29,7 +29,7 @@ def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
     progress = Progress()
     out: Path = kw["out"].resolve()
     image = image_or_bake(ctx, kw, PLATFORM, bake)
-    if publish.is_qcow2(image):
+    if is_qcow2(image):
         disk = image
     else:
         with progress.step("qcow2"):

@@ -18,7 +18,6 @@ from bakery.errors import BakeError
 
 FIRMWARES = ("uefi", "bios")
 DEFAULT_URI = "qemu:///system"
-QCOW2_MAGIC = b"QFI\xfb"
 OSINFO = "linux2022"  # virt-install wants an OS; the generic 2022 Linux entry fits a 6.1 kernel
 
 
@@ -133,12 +132,6 @@ def virt_install_argv(spec: DomainSpec, uri: str = DEFAULT_URI) -> list[str]:
 def virt_install_line(spec: DomainSpec, uri: str = DEFAULT_URI) -> str:
     """``virt_install_argv`` quoted for a shell."""
     return shlex.join(virt_install_argv(spec, uri))
-
-
-def is_qcow2(path: Path) -> bool:
-    """A qcow2 image starts with ``QFI\\xfb``; anything else is taken as raw."""
-    with open(path, "rb") as f:
-        return f.read(4) == QCOW2_MAGIC
 
 
 def _libvirt() -> Any:

@@ -15,21 +15,19 @@ import click
 from bakery.atomic import write_atomic
 from bakery.errors import BakeError
 from bakery.image import BakeResult
-from platforms.image_source import image_or_bake
+from platforms.image_source import image_or_bake, is_qcow2
 from platforms.xen import publish
 from platforms.xen.publish import XenDomain
 
 PLATFORM = "xen"
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 def publish_xen(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything the command does after click parsed the options."""
     out: Path = kw["out"].resolve()
     image = image_or_bake(ctx, kw, PLATFORM, bake)
-    with open(image, "rb") as f:
-        if f.read(4) == QCOW2_MAGIC:
-            raise BakeError(f"{image} is qcow2, which pygrub cannot read: publish the raw image instead")
+    if is_qcow2(image):
+        raise BakeError(f"{image} is qcow2, which pygrub cannot read: publish the raw image instead")
     domain = XenDomain(
         name=kw["name"],
         disk=image,
