@@ -19,6 +19,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import click
 from click.shell_completion import get_completion_class
+from google.protobuf.message import Message
 
 from talos_os import __version__, pki, talosconfig
 from talos_os.api.gen import node_pb2 as pb
@@ -105,8 +106,11 @@ def _report(outcomes: Sequence[Outcome[Any]]) -> None:
         click.get_current_context().exit(1)
 
 
-def _run(fn: Callable[[pb_grpc.NodeStub, Target], T]) -> tuple[Calls, list[Outcome[T]]]:
-    calls = _session()
+def _run(
+    fn: Callable[[pb_grpc.NodeStub, Target], T], calls: Calls | None = None
+) -> tuple[Calls, list[Outcome[T]]]:
+    """``fn`` on every target of ``calls`` (else a new session); Ctrl-C closes the channels and exits 130."""
+    calls = calls or _session()
     try:
         return calls, calls.run(fn)
     except KeyboardInterrupt:
@@ -160,12 +164,7 @@ def _stream(fn: Callable[[pb_grpc.NodeStub, Target], Iterator[pb.Data]], out: Bi
         finally:
             printer.close(target.name)
 
-    try:
-        outcomes = calls.run(pump)
-    except KeyboardInterrupt:
-        calls.cancel()
-        click.get_current_context().exit(130)
-    _report(outcomes)
+    _report(_run(pump, calls)[1])
 
 
 # --- commands --------------------------------------------------------------------------------------
@@ -223,35 +222,59 @@ def reset_cmd(yes: bool) -> None:
     _action(lambda s: s.Reset(pb.Empty(), timeout=CALL_TIMEOUT))
 
 
-def _service_rows(reply: pb.ServiceListReply) -> list[list[object]]:
-    now = time.time()
+M = TypeVar("M", bound=Message)
+R = TypeVar("R", bound=Message)
+
+
+def _listing(
+    name: str,
+    doc: str,
+    call: Callable[[pb_grpc.NodeStub], R],
+    items: Callable[[R], Sequence[M]],
+    headers: Sequence[str],
+    row: Callable[[M], Sequence[object]],
+) -> click.Command:
+    """A command that shows one repeated field of a node's reply: a row per item, or its JSON records."""
+
+    @click.command(name, help=doc)
+    @_output_option()
+    def command(output: str) -> None:
+        calls, outcomes = _run(lambda s, _t: call(s))
+        _emit(
+            calls,
+            outcomes,
+            output,
+            headers,
+            lambda r: [row(x) for x in items(r)],
+            lambda r: [plain(x) for x in items(r)],
+        )
+
+    return command
+
+
+_SERVICE_HEADERS = ["SERVICE", "STATE", "PID", "RESTARTS", "EXIT", "SINCE", "MESSAGE"]
+
+
+def _service_row(s: pb.ServiceInfo) -> list[object]:
     return [
-        [
-            s.id,
-            s.state,
-            s.pid or "-",
-            s.restarts,
-            s.exit_code if s.has_exit_code else "-",
-            duration(now - s.since) if s.since else "-",
-            s.message,
-        ]
-        for s in reply.services
+        s.id,
+        s.state,
+        s.pid or "-",
+        s.restarts,
+        s.exit_code if s.has_exit_code else "-",
+        duration(time.time() - s.since) if s.since else "-",
+        s.message,
     ]
 
 
-@click.command("services")
-@_output_option()
-def services_cmd(output: str) -> None:
-    """List the services the init supervises on each node."""
-    calls, outcomes = _run(lambda s, _t: s.ServiceList(pb.Empty(), timeout=CALL_TIMEOUT))
-    _emit(
-        calls,
-        outcomes,
-        output,
-        ["SERVICE", "STATE", "PID", "RESTARTS", "EXIT", "SINCE", "MESSAGE"],
-        _service_rows,
-        lambda r: [plain(s) for s in r.services],
-    )
+services_cmd = _listing(
+    "services",
+    "List the services the init supervises on each node.",
+    lambda s: s.ServiceList(pb.Empty(), timeout=CALL_TIMEOUT),
+    lambda r: r.services,
+    _SERVICE_HEADERS,
+    _service_row,
+)
 
 
 @click.command("service")
@@ -271,8 +294,8 @@ def service_cmd(name: str, action: str | None, output: str) -> None:
             calls,
             found,
             output,
-            ["SERVICE", "STATE", "PID", "RESTARTS", "EXIT", "SINCE", "MESSAGE"],
-            lambda r: [row for row in _service_rows(r) if row[0] == name],
+            _SERVICE_HEADERS,
+            lambda r: [_service_row(s) for s in r.services if s.id == name],
             lambda r: [plain(s) for s in r.services if s.id == name],
         )
         return
@@ -290,28 +313,20 @@ def service_cmd(name: str, action: str | None, output: str) -> None:
     _report(results)
 
 
-@click.command("stats")
-@_output_option()
-def stats_cmd(output: str) -> None:
-    """CPU time and memory of each service (from its cgroup)."""
-    calls, outcomes = _run(lambda s, _t: s.Stats(pb.Empty(), timeout=CALL_TIMEOUT))
-    _emit(
-        calls,
-        outcomes,
-        output,
-        ["NAMESPACE", "ID", "PID", "MEMORY(MB)", "CPU(s)"],
-        lambda r: [
-            [
-                st.namespace,
-                st.id,
-                st.pid or "-",
-                f"{st.memory_bytes / 1e6:.2f}",
-                f"{st.cpu_usage_usec / 1e6:.2f}",
-            ]
-            for st in r.stats
-        ],
-        lambda r: [plain(st) for st in r.stats],
-    )
+stats_cmd = _listing(
+    "stats",
+    "CPU time and memory of each service (from its cgroup).",
+    lambda s: s.Stats(pb.Empty(), timeout=CALL_TIMEOUT),
+    lambda r: r.stats,
+    ["NAMESPACE", "ID", "PID", "MEMORY(MB)", "CPU(s)"],
+    lambda st: [
+        st.namespace,
+        st.id,
+        st.pid or "-",
+        f"{st.memory_bytes / 1e6:.2f}",
+        f"{st.cpu_usage_usec / 1e6:.2f}",
+    ],
+)
 
 
 @click.command("ps")
@@ -374,74 +389,48 @@ def kubeconfig_cmd(path: Path | None) -> None:
     _report([outcome])
 
 
-@click.command("routes")
-@_output_option()
-def routes_cmd(output: str) -> None:
-    """List the nodes' routes."""
-    calls, outcomes = _run(lambda s, _t: s.Routes(pb.Empty(), timeout=CALL_TIMEOUT))
-    _emit(
-        calls,
-        outcomes,
-        output,
-        ["INTERFACE", "DESTINATION", "GATEWAY", "SOURCE", "METRIC", "TABLE", "PROTOCOL"],
-        lambda r: [
-            [
-                x.interface or "-",
-                x.destination,
-                x.gateway or "-",
-                x.source or "-",
-                x.metric,
-                x.table,
-                x.protocol,
-            ]
-            for x in r.routes
-        ],
-        lambda r: [plain(x) for x in r.routes],
-    )
+routes_cmd = _listing(
+    "routes",
+    "List the nodes' routes.",
+    lambda s: s.Routes(pb.Empty(), timeout=CALL_TIMEOUT),
+    lambda r: r.routes,
+    ["INTERFACE", "DESTINATION", "GATEWAY", "SOURCE", "METRIC", "TABLE", "PROTOCOL"],
+    lambda x: [
+        x.interface or "-",
+        x.destination,
+        x.gateway or "-",
+        x.source or "-",
+        x.metric,
+        x.table,
+        x.protocol,
+    ],
+)
 
+interfaces_cmd = _listing(
+    "interfaces",
+    "List the nodes' network interfaces and their addresses.",
+    lambda s: s.Interfaces(pb.Empty(), timeout=CALL_TIMEOUT),
+    lambda r: r.interfaces,
+    ["INDEX", "NAME", "MTU", "MAC", "STATE", "ADDRESSES"],
+    lambda i: [i.index, i.name, i.mtu, i.mac or "-", i.state, ",".join(i.addresses) or "-"],
+)
 
-@click.command("interfaces")
-@_output_option()
-def interfaces_cmd(output: str) -> None:
-    """List the nodes' network interfaces and their addresses."""
-    calls, outcomes = _run(lambda s, _t: s.Interfaces(pb.Empty(), timeout=CALL_TIMEOUT))
-    _emit(
-        calls,
-        outcomes,
-        output,
-        ["INDEX", "NAME", "MTU", "MAC", "STATE", "ADDRESSES"],
-        lambda r: [
-            [i.index, i.name, i.mtu, i.mac or "-", i.state, ",".join(i.addresses) or "-"]
-            for i in r.interfaces
-        ],
-        lambda r: [plain(i) for i in r.interfaces],
-    )
-
-
-@click.command("mounts")
-@_output_option()
-def mounts_cmd(output: str) -> None:
-    """List the nodes' mounted file systems and their usage."""
-    calls, outcomes = _run(lambda s, _t: s.Mounts(pb.Empty(), timeout=CALL_TIMEOUT))
-    _emit(
-        calls,
-        outcomes,
-        output,
-        ["FILESYSTEM", "TYPE", "SIZE", "USED", "AVAILABLE", "USE%", "MOUNTED ON"],
-        lambda r: [
-            [
-                m.source,
-                m.fstype,
-                size(m.size) if m.size else "-",
-                size(m.used) if m.size else "-",
-                size(m.available) if m.size else "-",
-                f"{100 * m.used / m.size:.0f}%" if m.size else "-",
-                m.target,
-            ]
-            for m in r.mounts
-        ],
-        lambda r: [plain(m) for m in r.mounts],
-    )
+mounts_cmd = _listing(
+    "mounts",
+    "List the nodes' mounted file systems and their usage.",
+    lambda s: s.Mounts(pb.Empty(), timeout=CALL_TIMEOUT),
+    lambda r: r.mounts,
+    ["FILESYSTEM", "TYPE", "SIZE", "USED", "AVAILABLE", "USE%", "MOUNTED ON"],
+    lambda m: [
+        m.source,
+        m.fstype,
+        size(m.size) if m.size else "-",
+        size(m.used) if m.size else "-",
+        size(m.available) if m.size else "-",
+        f"{100 * m.used / m.size:.0f}%" if m.size else "-",
+        m.target,
+    ],
+)
 
 
 @click.command("memory")
@@ -534,8 +523,11 @@ def cp_cmd(node_path: str, local_dir: Path) -> None:
     """Copy NODE_PATH (a file or a tree) from the nodes into LOCAL_DIR (LOCAL_DIR/NODE with several)."""
     calls = _session()
 
+    def dest_of(target: Target) -> Path:
+        return local_dir / target.name.replace(":", "_") if calls.many else local_dir
+
     def copy(stub: pb_grpc.NodeStub, target: Target) -> int:
-        dest = local_dir / target.name.replace(":", "_") if calls.many else local_dir
+        dest = dest_of(target)
         dest.mkdir(parents=True, exist_ok=True)
         reader = io.BufferedReader(_ChunkReader(stub.CopyOut(pb.CopyOutRequest(path=node_path))), 1 << 16)
         count = 0
@@ -550,15 +542,12 @@ def cp_cmd(node_path: str, local_dir: Path) -> None:
             raise NodeError(f"copying {node_path} into {dest} failed: {exc}") from None
         return count
 
-    try:
-        outcomes = calls.run(copy)
-    except KeyboardInterrupt:
-        calls.cancel()
-        click.get_current_context().exit(130)
+    _calls, outcomes = _run(copy, calls)
     for o in outcomes:
         if o.value is not None:
-            where = local_dir / o.target.name.replace(":", "_") if calls.many else local_dir
-            click.echo(f"{o.target.name}: copied {o.value} entries of {node_path} into {where}", err=True)
+            click.echo(
+                f"{o.target.name}: copied {o.value} entries of {node_path} into {dest_of(o.target)}", err=True
+            )
     _report(outcomes)
 
 
