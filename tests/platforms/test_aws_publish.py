@@ -420,39 +420,12 @@ def test_dry_run_prints_the_plan_and_touches_nothing(moto: str, sparse_image: Pa
 
 
 def test_dry_run_without_image_bakes_nothing(moto: str, tmp_path: Path) -> None:
-    result = CliRunner().invoke(
-        cli,
-        [
-            "aws",
-            "--ami",
-            "--dry-run",
-            "--region",
-            REGION,
-            "--name",
-            "talos-test",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    args = ["aws", "--ami", "--dry-run", "--region", REGION, "--name", "talos-test", "--out", str(tmp_path / "out")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert "baked first into" in result.stdout and "gp3 2 GiB" in result.stdout
     assert not (tmp_path / "out").exists()
-    refused = CliRunner().invoke(
-        cli,
-        [
-            "aws",
-            "--ami",
-            "--dry-run",
-            "--region",
-            REGION,
-            "--name",
-            "talos-test",
-            "--platform",
-            "kvm",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-    )
+    refused = CliRunner().invoke(cli, [*args, "--platform", "kvm"])
     assert refused.exit_code == 1 and "publishes aws images, not kvm" in refused.stderr
 
 
