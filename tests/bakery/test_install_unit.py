@@ -161,6 +161,17 @@ def test_runs_skip_holes_and_zero_chunks(image: Path) -> None:
     assert not any(isinstance(a[1], int) and isinstance(b[1], int) for a, b in itertools.pairwise(items))
 
 
+def test_runs_cover_leading_and_trailing_holes(tmp_path: Path) -> None:
+    path = tmp_path / "holes.raw"
+    with open(path, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(4 * MiB)
+        f.write(b"\x01" * 4096)
+    items = list(install.coalesce(install.runs(path)))
+    assert items[0] == (0, 4 * MiB) and items[1] == (4 * MiB, b"\x01" * 4096)
+    assert items[-1] == (4 * MiB + 4096, 4 * MiB - 4096), "the hole up to the end is a zero range too"
+
+
 def test_install_to_a_new_file_is_exact_and_sparse(image: Path, tmp_path: Path) -> None:
     disk = tmp_path / "disk.raw"
     report = install.install(image, disk)
