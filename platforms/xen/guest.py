@@ -31,4 +31,5 @@ class XenGuest:
                 value = client.read_optional("name")
         except (OSError, XenstoreError):
             return None
-        return value.decode("utf-8", "replace").strip("\0 \n") or None if value else None
+        name = (value or b"").decode("utf-8", "replace").strip("\0 \n")
+        return name or None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from talos_os import pki
 from talos_os.config import FileOp, MachineConfig
 from talos_os.init.hardening import KSPP_SYSCTLS
 
@@ -18,11 +19,7 @@ CONFIG_PATH = Path("/run/talos/config.yaml")  # what osd reads; tmpfs, mode 0600
 def save_config(data: bytes, path: Path = CONFIG_PATH) -> Path:
     """Keep the config's original bytes for osd, readable by root only, written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    pki.write_secret(path, data)
     return path
 
 

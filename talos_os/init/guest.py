@@ -15,7 +15,7 @@ from typing import Protocol
 
 from talos_os.init.cmdline import Cmdline
 from talos_os.init.fetch import ConfigRef
-from talos_os.init.nocloud import BlockDevice, list_block_devices
+from talos_os.init.nocloud import BlockDevice, list_block_devices, read_smbios_serial
 
 
 def _no_log(_message: str) -> None:
@@ -38,11 +38,7 @@ class GuestContext:
         return self.devices() if self.devices is not None else list_block_devices(self.root)
 
     def smbios_serial(self) -> str | None:
-        try:
-            value = (self.root / "sys/class/dmi/id/product_serial").read_text().strip()
-        except OSError:
-            return None
-        return value or None
+        return read_smbios_serial(self.root)
 
 
 class Guest(Protocol):

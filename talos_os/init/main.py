@@ -1,6 +1,6 @@
 """Stage 2: the init (PID 1) inside the read-only squashfs root.
 
-The boot sequence is the ``PHASES`` list below, run in order; each phase is logged on the
+The boot sequence is the ``EARLY`` then the ``CONFIGURE`` list below, run in order; each phase is logged on the
 console and the kernel log with a ``[talos]`` prefix and its duration. The banner
 ``talos-os init <version> (platform=<name>)`` follows the platform phase, so an image without a
 config still shows it booted; then the node waits for its config and comes up.
@@ -37,13 +37,12 @@ from talos_os.init.fetch import Progress, fetch_url
 from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
 from talos_os.init.nocloud import kernel_mount
-from talos_os.init.nodestate import load_or_create
+from talos_os.init.nodestate import STATE_DIR, load_or_create
 from talos_os.init.services import node_services
 from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
 from talos_os.plugins import UnknownPlatformError, get
 
-RUNTIME_ETC = Path("/run/talos/etc")  # /etc/hostname, hosts, resolv.conf point here
 WRITABLE_ETC = ("cni", "kubernetes")  # /etc/<name> is bind-mounted from /var/lib/talos/etc/<name>
 PANIC_DELAY = 60.0
 
@@ -63,7 +62,6 @@ class Boot:
     guest: Guest | None = None
     guest_ctx: GuestContext | None = None
     acquired: Acquired | None = None
-    ephemeral: disks.EphemeralResult | None = None
     network: network.NetworkManager | None = None
     hostname: str = ""
     supervisor: Supervisor | None = None
@@ -130,19 +128,9 @@ def phase_root(boot: Boot) -> None:
     else:
         probe.unlink()
         raise BootError("the root file system is writable: boot the squashfs root that talos-bake writes")
-    RUNTIME_ETC.mkdir(parents=True, exist_ok=True)
-    write_etc_defaults(RUNTIME_ETC)
-
-
-def write_etc_defaults(etc: Path) -> None:
-    """hostname, hosts and resolv.conf until the network phase knows better."""
-    for name, text in (
-        ("hostname", "talos\n"),
-        ("hosts", "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n"),
-        ("resolv.conf", ""),
-    ):
-        if not (etc / name).exists():
-            (etc / name).write_text(text)
+    # /etc/hostname, hosts and resolv.conf (links into /run) exist until the apply phase knows better.
+    network.apply_hostname("talos", network.FILES_DIR)
+    (network.FILES_DIR / "resolv.conf").write_text(network.render_resolv_conf([]))
 
 
 def phase_platform(boot: Boot) -> None:
@@ -161,13 +149,12 @@ def phase_platform(boot: Boot) -> None:
 def phase_disks(boot: Boot) -> None:
     """EPHEMERAL: found by GPT name, formatted when blank, grown, checked, mounted at /var."""
     result = disks.prepare_ephemeral(disk_ops(boot), boot.log, prefer_disk=boot_disk())
-    boot.ephemeral = result
     if not result.mounted:
         syscalls.mount("tmpfs", "/var", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
         disks.make_layout(Path("/var"))
         boot.log(f"disks: /var is a tmpfs ({result.problem}): nothing under /var survives a reboot")
     for name in WRITABLE_ETC:  # CNI plugins and the kubelet write there; the root stays read-only
-        source = Path("/var/lib/talos/etc") / name
+        source = STATE_DIR / "etc" / name
         source.mkdir(parents=True, exist_ok=True)
         if Path("/etc", name).is_dir() and not os.path.ismount(f"/etc/{name}"):
             syscalls.mount(str(source), f"/etc/{name}", None, syscalls.MS_BIND)
@@ -193,9 +180,7 @@ def boot_disk() -> str | None:
 
 def phase_network(boot: Boot) -> None:
     """Links up and DHCP on every wired link: the config usually comes over the network."""
-    boot.network = network.NetworkManager(
-        boot.log, files_dir=RUNTIME_ETC, lease_dir=Path("/var/lib/talos/dhcp")
-    )
+    boot.network = network.NetworkManager(boot.log, lease_dir=STATE_DIR / "dhcp")
     state = boot.network.configure(None)
     boot.log(f"network: addresses {', '.join(state.addresses) or 'none yet'}")
 
@@ -234,7 +219,7 @@ def phase_apply(boot: Boot) -> None:
         configured, platform_hostname(boot), state.dhcp_hostname, state.mac
     )
     boot.hostname = network.apply_hostname(
-        name, RUNTIME_ETC, syscalls.sethostname, address=state.primary_address
+        name, network.FILES_DIR, syscalls.sethostname, address=state.primary_address
     )
     boot.log(f"apply: hostname {boot.hostname} (from {source}); hostname now {socket.gethostname()}")
     for path in write_files(cfg):
@@ -291,7 +276,6 @@ CONFIGURE: list[tuple[str, Callable[[Boot], None]]] = [
     ("apply", phase_apply),
     ("services", phase_services),
 ]
-PHASES = EARLY + CONFIGURE
 
 
 def run_phases(boot: Boot, phases: list[tuple[str, Callable[[Boot], None]]]) -> None:

@@ -13,7 +13,7 @@ MTU on the link and rewrite resolv.conf. ``configure`` waits up to the DHCP time
 (``machine.network.dhcpTimeout``, else 30 s) for a lease on every DHCP link that has carrier;
 links still without a lease keep trying in the background.
 
-The files live in ``/run/system/etc`` (the image links /etc/resolv.conf, /etc/hosts and
+The files live in ``/run/talos/etc`` (the image links /etc/resolv.conf, /etc/hosts and
 /etc/hostname there); :func:`apply_hostname` writes hosts and hostname and sets the kernel's.
 Rendering and planning are pure functions; the netlink and DHCP paths are tested for real in
 a network namespace on the host.
@@ -42,10 +42,12 @@ from pyroute2.dhcp.hooks import Hook, Trigger
 from pyroute2.dhcp.leases import Lease
 from pyroute2.netlink.exceptions import NetlinkError
 
+from talos_os import pki
+
 if TYPE_CHECKING:  # the config model is heavy to import; the network comes up before the config
     from talos_os.config.model import MachineNetwork
 
-FILES_DIR = Path("/run/system/etc")
+FILES_DIR = Path("/run/talos/etc")  # the image links /etc/hostname, hosts and resolv.conf here
 DEFAULT_DHCP_TIMEOUT = 30.0
 CARRIER_GRACE = 5.0  # how long a link may take to see carrier before we stop waiting for it
 DHCP_ROUTE_METRIC = 1024  # + ifindex: one default route per DHCP link, the lowest index wins
@@ -249,9 +251,7 @@ def render_hosts(hostname: str, address: str | None = None) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    pki.write_public(path, text.encode())
 
 
 def choose_hostname(

@@ -5,10 +5,11 @@ Both are logged at boot, so a reboot visibly keeps /var (and a reset visibly doe
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+
+from talos_os import pki
 
 STATE_DIR = Path("/var/lib/talos")
 
@@ -18,14 +19,6 @@ class NodeState:
     machine_id: str
     boots: int
     new: bool  # the machine id was created on this boot
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_or_create(state_dir: Path = STATE_DIR) -> NodeState:
@@ -39,10 +32,10 @@ def load_or_create(state_dir: Path = STATE_DIR) -> NodeState:
         machine_id = ""
     if len(machine_id) != 32:
         machine_id, new = uuid.uuid4().hex, True
-        _write(id_file, machine_id + "\n")
+        pki.write_public(id_file, f"{machine_id}\n".encode())
     try:
         boots = int(boots_file.read_text().strip() or 0) + 1
     except (FileNotFoundError, ValueError):
         boots = 1
-    _write(boots_file, f"{boots}\n")
+    pki.write_public(boots_file, f"{boots}\n".encode())
     return NodeState(machine_id, boots, new)

@@ -3,7 +3,6 @@ the platforms' guest halves and the phase runner. Files live in tmp_path; server
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.cmdline import parse
 from talos_os.init.fetch import ConfigRef, FetchError
 from talos_os.init.guest import GuestContext
-from talos_os.init.main import Boot, run_phases, write_etc_defaults
+from talos_os.init.main import Boot, run_phases
 from talos_os.init.nodestate import load_or_create
 from talos_os.plugins import discover
 from tools.nodevm import imds_server
@@ -183,14 +182,6 @@ def test_xen_guest_falls_back_to_the_command_line(tmp_path: Path) -> None:
     assert guest.hostname(ctx) is None
 
 
-def test_etc_defaults_do_not_overwrite(tmp_path: Path) -> None:
-    (tmp_path / "hostname").write_text("kept\n")
-    write_etc_defaults(tmp_path)
-    assert (tmp_path / "hostname").read_text() == "kept\n"
-    assert "localhost" in (tmp_path / "hosts").read_text()
-    assert (tmp_path / "resolv.conf").exists()
-
-
 def test_phases_run_in_order_and_are_timed() -> None:
     order: list[str] = []
     boot = Boot()
@@ -198,7 +189,6 @@ def test_phases_run_in_order_and_are_timed() -> None:
     run_phases(boot, [("one", lambda b: order.append("one")), ("two", lambda b: order.append("two"))])
     assert order == ["one", "two"] and list(boot.durations) == ["one", "two"]
     assert all(line.startswith("phase ") and line.endswith(" ms") for line in boot.console.log.lines)
-    assert os.getpid() != 1
 
 
 def test_an_unexpected_exception_is_logged_then_the_node_reboots(monkeypatch: pytest.MonkeyPatch) -> None:
