@@ -21,29 +21,26 @@ BIN = Path(sys.executable).parent
 def report_node(image: BakeResult) -> None:
     """Boot a node with a config; print per-phase times, init RSS, time to API and osd memory."""
     generated = generate("bench", "https://10.5.0.2:6443")
-    config = generated.controlplane.replace("  network: {}\n", "  network:\n    hostname: bench\n", 1)
+    config = nodevm.with_hostname(generated.controlplane, "bench")
     node = nodevm.NodeImage.from_manifest(image.manifest)
-    port = nodevm.free_port()
-    with tempfile.TemporaryDirectory() as tmp, nodevm.config_server(config) as server:
+    with tempfile.TemporaryDirectory() as tmp, nodevm.served_node(node, config) as served:
+        vm, endpoint = served.vm, served.endpoint
         talosconfig = Path(tmp) / "talosconfig"
         talosconfig.write_text(generated.talosconfig)
-        net = nodevm.user_net(forwards={nodevm.CONFIG_HOST: server.port}, hostfwd={port: 50000})
-        with nodevm.boot_node(node, platform="kvm", config_url=server.guest_url, net=net) as vm:
-            _m, banner_s = vm.wait_for(qemu.BANNER, 600)
-            _host, ready_s = nodevm.wait_ready(vm, 600)
-            ready = next(line for line in vm.lines if "node ready" in line)
-            api_s = nodevm.wait_api(talosconfig, f"127.0.0.1:{port}")
-            endpoint = f"127.0.0.1:{port}"
-            stats = nodevm.osctl(talosconfig, endpoint, "stats").stdout
-            pids = {
-                ln.split()[0]: ln.split()[2]
-                for ln in nodevm.osctl(talosconfig, endpoint, "services").stdout.splitlines()[1:]
-                if ln.strip()
-            }
-            osd_status = nodevm.osctl(
-                talosconfig, endpoint, "read", f"/proc/{pids.get('osd', 'self')}/status"
-            ).stdout
-            phases = nodevm.phase_times(vm.lines)
+        _m, banner_s = vm.wait_for(qemu.BANNER, 600)
+        _host, ready_s = nodevm.wait_ready(vm, 600)
+        ready = next(line for line in vm.lines if "node ready" in line)
+        api_s = nodevm.wait_api(talosconfig, endpoint)
+        stats = nodevm.osctl(talosconfig, endpoint, "stats").stdout
+        pids = {
+            ln.split()[0]: ln.split()[2]
+            for ln in nodevm.osctl(talosconfig, endpoint, "services").stdout.splitlines()[1:]
+            if ln.strip()
+        }
+        osd_status = nodevm.osctl(
+            talosconfig, endpoint, "read", f"/proc/{pids.get('osd', 'self')}/status"
+        ).stdout
+        phases = nodevm.phase_times(vm.lines)
     print(f"node boot (TCG, direct kernel boot, 1 GiB): banner {banner_s:.1f} s, ready {ready_s:.1f} s "
           f"after QEMU start; osd answered {api_s:.1f} s later")  # fmt: skip
     print(

@@ -38,40 +38,36 @@ def main() -> int:
         return 1
     print(f"image: {image.raw}\nmanifest: {image.manifest}")
 
-    cp_config = (configs / "controlplane.yaml").read_text()
-    cp_config = cp_config.replace("  network: {}\n", "  network:\n    hostname: demo-cp\n", 1)
+    cp_config = nodevm.with_hostname((configs / "controlplane.yaml").read_text(), "demo-cp")
     node_image = nodevm.NodeImage.from_manifest(image.manifest)
-    port = nodevm.free_port()
-    endpoint = f"127.0.0.1:{port}"
     accel = "KVM" if qemu.kvm_usable() else "TCG: software emulation"
     step(f"booting the node in QEMU ({accel}); its config comes from a loopback HTTP server (talos.config=)")
     start = time.monotonic()
-    with nodevm.config_server(cp_config) as server:
-        net = nodevm.user_net(forwards={nodevm.CONFIG_HOST: server.port}, hostfwd={port: 50000})
-        with nodevm.boot_node(node_image, platform="kvm", config_url=server.guest_url, net=net) as vm:
-            try:
-                _m, banner_s = vm.wait_for(qemu.BANNER, 600)
-                hostname, ready_s = nodevm.wait_ready(vm, 600)
-            except TimeoutError as exc:
-                print(exc, file=sys.stderr)
+    with nodevm.served_node(node_image, cp_config) as node:
+        vm, endpoint = node.vm, node.endpoint
+        try:
+            _m, banner_s = vm.wait_for(qemu.BANNER, 600)
+            hostname, ready_s = nodevm.wait_ready(vm, 600)
+        except TimeoutError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        for line in vm.lines:
+            if "[talos]" in line:
+                print("    " + line.strip())
+        print(f"\nbanner after {banner_s:.1f} s, node {hostname} ready after {ready_s:.1f} s")
+        step(f"waiting for the node API (osd, mutual TLS) on {endpoint}")
+        try:
+            api_s = nodevm.wait_api(configs / "talosconfig", endpoint)
+        except TimeoutError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"osd answered {api_s:.1f} s after the node was ready")
+        for command in (["version"], ["services"]):
+            step(f"osctl --talosconfig {configs / 'talosconfig'} -e {endpoint} {' '.join(command)}")
+            result = nodevm.osctl(configs / "talosconfig", endpoint, *command)
+            print(result.stdout + result.stderr, end="")
+            if result.returncode != 0:
                 return 1
-            for line in vm.lines:
-                if "[talos]" in line:
-                    print("    " + line.strip())
-            print(f"\nbanner after {banner_s:.1f} s, node {hostname} ready after {ready_s:.1f} s")
-            step(f"waiting for the node API (osd, mutual TLS) on {endpoint}")
-            try:
-                api_s = nodevm.wait_api(configs / "talosconfig", endpoint)
-            except TimeoutError as exc:
-                print(exc, file=sys.stderr)
-                return 1
-            print(f"osd answered {api_s:.1f} s after the node was ready")
-            for command in (["version"], ["services"]):
-                step(f"osctl --talosconfig {configs / 'talosconfig'} -e {endpoint} {' '.join(command)}")
-                result = nodevm.osctl(configs / "talosconfig", endpoint, *command)
-                print(result.stdout + result.stderr, end="")
-                if result.returncode != 0:
-                    return 1
     print(f"\ntotal boot-to-answer {time.monotonic() - start:.1f} s")
     print(f"files: configs and talosconfig in {configs}/, image and manifest in {OUT}/")
     return 0

@@ -8,7 +8,6 @@ Shared by the end-to-end tests, ``make demo`` and ``make bench``. Every server h
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import socket
@@ -208,24 +207,7 @@ def user_net(
 def copy_disk(src: Path, dest: Path) -> Path:
     """A private, sparse copy of the image (for boots whose disk must persist across reboots)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as fi, open(dest, "wb") as fo:
-        size = fi.seek(0, 2)
-        pos = 0
-        while pos < size:
-            try:
-                data_at = os.lseek(fi.fileno(), pos, os.SEEK_DATA)
-            except OSError:
-                break
-            hole = os.lseek(fi.fileno(), data_at, os.SEEK_HOLE)
-            fi.seek(data_at)
-            fo.seek(data_at)
-            left = hole - data_at
-            while left:
-                chunk = fi.read(min(left, 1 << 20))
-                fo.write(chunk)
-                left -= len(chunk)
-            pos = hole
-        fo.truncate(size)
+    subprocess.run(["cp", "--sparse=always", str(src), str(dest)], check=True)
     return dest
 
 
@@ -257,6 +239,29 @@ def boot_node(
     )
 
 
+@dataclass(frozen=True)
+class ServedNode:
+    """A kvm node whose config comes from a loopback server; its osd is at ``endpoint`` on loopback."""
+
+    vm: qemu.Boot
+    server: ConfigServer
+    endpoint: str
+
+
+@contextmanager
+def served_node(
+    image: NodeImage, config: bytes | str, *, disk: Path | None = None, reboot: bool = False
+) -> Iterator[ServedNode]:
+    """Serve ``config`` (``talos.config=``) and boot a node with osd's port forwarded to loopback."""
+    port = free_port()
+    with config_server(config) as server:
+        net = user_net(forwards={CONFIG_HOST: server.port}, hostfwd={port: 50000})
+        with boot_node(
+            image, platform="kvm", config_url=server.guest_url, disk=disk, net=net, reboot=reboot
+        ) as vm:
+            yield ServedNode(vm, server, f"127.0.0.1:{port}")
+
+
 def phase_times(lines: Sequence[str]) -> dict[str, float]:
     """``phase NAME: done in N ms`` lines -> {name: seconds} (the last boot's values win)."""
     out: dict[str, float] = {}
@@ -271,10 +276,6 @@ def wait_ready(vm: qemu.Boot, timeout: float = 600, since: int = 0) -> tuple[str
     """Wait for a ``node ready`` line (from console line ``since`` on); returns the hostname and seconds."""
     m, seconds = vm.wait_for(READY, timeout, since)
     return m.group(1), seconds
-
-
-def elapsed(start: float) -> float:
-    return time.monotonic() - start
 
 
 def osctl(
@@ -300,6 +301,7 @@ def wait_api(talosconfig: Path, endpoint: str, timeout: float = 300) -> float:
 
 
 def with_hostname(config: str, hostname: str) -> str:
+    """A generated machine config (``network: {}``) with ``machine.network.hostname`` set."""
     return config.replace("  network: {}\n", f"  network:\n    hostname: {hostname}\n", 1)
 
 

@@ -19,16 +19,12 @@ import pytest
 
 from bakery import qemu
 from tools.nodevm import (
-    CONFIG_HOST,
     ConfigServer,
     NodeImage,
     assert_configured,
-    boot_node,
-    config_server,
     copy_disk,
-    free_port,
     osctl,
-    user_net,
+    served_node,
     wait_api,
     wait_ready,
     with_hostname,
@@ -52,18 +48,14 @@ class RunningNode:
 def node(
     node_image: NodeImage, configs: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[RunningNode]:
-    """A kvm node whose config comes from talos.config= (bad at first), disk kept across reboots."""
+    """A kvm node whose config comes from talos.config= (nothing at first), disk kept across reboots."""
     work = tmp_path_factory.mktemp("node")
     disk = copy_disk(node_image.raw, work / "node.raw")
     talosconfig = work / "talosconfig"
     talosconfig.write_text(configs["talosconfig"])
-    port = free_port()
-    with config_server(b"") as server:  # nothing to serve yet: 404 until a test sets a config
-        net = user_net(forwards={CONFIG_HOST: server.port}, hostfwd={port: 50000})
-        with boot_node(
-            node_image, platform="kvm", config_url=server.guest_url, disk=disk, net=net, reboot=True
-        ) as vm:
-            yield RunningNode(vm, server, talosconfig, f"127.0.0.1:{port}")
+    # Nothing to serve yet: 404 until a test sets a config.
+    with served_node(node_image, b"", disk=disk, reboot=True) as served:
+        yield RunningNode(served.vm, served.server, talosconfig, served.endpoint)
 
 
 def test_bad_config_is_reported_and_the_node_waits_for_a_good_one(
