@@ -9,11 +9,9 @@ config carries no CA key, so it has none to give.
 
 from __future__ import annotations
 
-import base64
 from datetime import timedelta
 
 import yaml
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from talos_os import pki
 from talos_os.config import MachineConfig
@@ -30,19 +28,14 @@ class NoKubeconfig(LookupError):
 def admin_kubeconfig(cfg: MachineConfig, validity: timedelta = VALIDITY) -> bytes:
     """A kubeconfig for the cluster admin, signed by the config's Kubernetes CA."""
     ca = cfg.cluster.ca
-    key = ca.private_key()
-    if key is None:
+    if ca.key is None:
         raise NoKubeconfig("this node's config has no Kubernetes CA key (a worker): ask a control-plane node")
-    ca_pair = pki.CertKey(ca.crt_pem, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    ca_pair = pki.CertKey.from_b64(ca.crt, ca.key)
     client = pki.issue_certificate(
         ca_pair, ADMIN_USER, organizations=(ADMIN_GROUP,), usage="client", validity=validity
     )
     name = cfg.cluster.name
     user = f"admin@{name}"
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
@@ -51,7 +44,7 @@ def admin_kubeconfig(cfg: MachineConfig, validity: timedelta = VALIDITY) -> byte
                 "name": name,
                 "cluster": {
                     "server": str(cfg.cluster.control_plane.endpoint).rstrip("/"),
-                    "certificate-authority-data": b64(ca.crt_pem),
+                    "certificate-authority-data": pki.b64encode(ca_pair.cert_pem),
                 },
             }
         ],
@@ -59,8 +52,8 @@ def admin_kubeconfig(cfg: MachineConfig, validity: timedelta = VALIDITY) -> byte
             {
                 "name": user,
                 "user": {
-                    "client-certificate-data": b64(client.cert_pem),
-                    "client-key-data": b64(client.key_pem),
+                    "client-certificate-data": pki.b64encode(client.cert_pem),
+                    "client-key-data": pki.b64encode(client.key_pem),
                 },
             }
         ],
