@@ -137,9 +137,8 @@ class Caller:
         return pki.ROLE_ADMIN in self.roles
 
 
-@functools.lru_cache(maxsize=256)
-def _parse(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
+# Clients present the same certificate call after call: parse each once.
+_parse = functools.lru_cache(maxsize=256)(pki.load_certificate)
 
 
 def _common_name(cert: x509.Certificate) -> str:
@@ -169,7 +168,7 @@ class Authorizer:
             )
         try:
             cert = _parse(bytes(pems[0]))
-        except ValueError as exc:
+        except pki.PKIError as exc:
             abort(context, grpc.StatusCode.UNAUTHENTICATED, f"the client certificate cannot be parsed: {exc}")
         try:
             pki.verify_issued_by(cert, self.ca)
