@@ -154,12 +154,3 @@ def status(device: str, ioctl: Ioctl = fcntl.ioctl) -> LoopInfo:
         return unpack_info64(bytes(ioctl(fd, LOOP_GET_STATUS64, bytes(INFO64.size))))
     finally:
         os.close(fd)
-
-
-def detach(device: str, ioctl: Ioctl = fcntl.ioctl) -> None:
-    """Unbind a loop device (with autoclear this happens once it is no longer in use)."""
-    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        ioctl(fd, LOOP_CLR_FD, 0)
-    finally:
-        os.close(fd)
