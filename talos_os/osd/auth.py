@@ -14,6 +14,7 @@ TLS 1.2 client hello is refused.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import ipaddress
 import socket
@@ -137,6 +138,14 @@ class Caller:
         return pki.ROLE_ADMIN in self.roles
 
 
+_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("osd_caller")
+
+
+def current_caller() -> Caller:
+    """Who called the method running now: the interceptor authorized them and set this (no second check)."""
+    return _CALLER.get()
+
+
 # Clients present the same certificate call after call: parse each once.
 _parse = functools.lru_cache(maxsize=256)(pki.load_certificate)
 
@@ -208,7 +217,11 @@ def _method_name(full: str) -> tuple[str, str]:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Runs :meth:`Authorizer.authorize` before every method of the node service."""
+    """Runs :meth:`Authorizer.authorize` before every method of the node service.
+
+    The method sees its caller through :func:`current_caller` while it runs (a streaming method:
+    while it makes its iterator, not while the iterator runs).
+    """
 
     def __init__(self, authorizer: Authorizer) -> None:
         self.authorizer = authorizer
@@ -228,8 +241,11 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
         def guard(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-                authorize(context, method)
-                return behavior(request, context)
+                token = _CALLER.set(authorize(context, method))
+                try:
+                    return behavior(request, context)
+                finally:
+                    _CALLER.reset(token)
 
             return guarded
 

@@ -25,7 +25,14 @@ from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
 from talos_os.init import control
 from talos_os.osd import kmsg, node, transfer
-from talos_os.osd.auth import AuthInterceptor, Authorizer, abort, accepts_tls12, server_credentials
+from talos_os.osd.auth import (
+    AuthInterceptor,
+    Authorizer,
+    abort,
+    accepts_tls12,
+    current_caller,
+    server_credentials,
+)
 from talos_os.osd.kubeconfig import NoKubeconfig, admin_kubeconfig
 
 log = logging.getLogger(__name__)
@@ -62,9 +69,8 @@ _TRANSFER_CODES = {
 class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     """Every method of ``talos.os.v1.Node``; authorization already happened (:class:`AuthInterceptor`)."""
 
-    def __init__(self, settings: Settings, authorizer: Authorizer) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.authorizer = authorizer
 
     # --- the init --------------------------------------------------------------------------------
 
@@ -88,7 +94,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
         return resp.get("result")
 
     def _action(self, context: grpc.ServicerContext, op: str) -> pb.ActionReply:
-        caller = self.authorizer.caller(context)
+        caller = current_caller()
         log.warning("%s requested by %s", op, caller.name)
         return pb.ActionReply(message=str(self._init(context, op)))
 
@@ -145,7 +151,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     ) -> pb.ServiceActionReply:
         if not request.id:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a service id is required")
-        caller = self.authorizer.caller(context)
+        caller = current_caller()
         log.warning("%s %s requested by %s", op, request.id, caller.name)
         ok = bool(self._init(context, op, name=request.id).get(key))
         return pb.ServiceActionReply(id=request.id, done=ok, message=done if ok else not_done)
@@ -306,12 +312,12 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             abort(context, _TRANSFER_CODES[exc.kind], str(exc))
 
     def CopyOut(self, request: pb.CopyOutRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
-        caller = self.authorizer.caller(context)
+        caller = current_caller()
         log.info("copy out %s by %s", request.path, caller.name)
         return self._stream(context, lambda: transfer.tar_stream(request.path, context.is_active))
 
     def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
-        caller = self.authorizer.caller(context)
+        caller = current_caller()
         if not caller.is_admin and transfer.is_secret(request.path, self.settings.secret_paths):
             abort(
                 context,
@@ -344,14 +350,13 @@ class Osd:
 
     def start(self) -> int:
         """Listen, serve, and prove TLS 1.2 is refused; the bound port (useful with port 0)."""
-        authorizer = Authorizer(self.ca_pem)
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="osd"),
-            interceptors=[AuthInterceptor(authorizer)],
+            interceptors=[AuthInterceptor(Authorizer(self.ca_pem))],
             options=[("grpc.so_reuseport", 0)],  # a second osd on the same port must fail, not share it
             maximum_concurrent_rpcs=self.max_workers * 4,
         )
-        pb_grpc.add_NodeServicer_to_server(NodeServicer(self.settings, authorizer), server)
+        pb_grpc.add_NodeServicer_to_server(NodeServicer(self.settings), server)
         creds = server_credentials(self.identity, self.ca_pem)
         bound = _bind(server, creds, self.address, self.port)
         if not bound:
