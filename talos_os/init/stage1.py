@@ -23,6 +23,7 @@ from pathlib import Path
 
 from talos_os.init import cmdline as kernel_cmdline
 from talos_os.init import loopdev, syscalls
+from talos_os.init.fslabel import probe_label
 from talos_os.kmod import ModuleIndex
 
 NEWROOT = "/sysroot"
@@ -31,7 +32,6 @@ DEFAULT_ROOT_LABEL = "ROOT-A"
 ROOT_WAIT_SECONDS = 60.0
 ISO_PREFIX = "iso:"
 ISO_MOUNT = "/run/talos-iso"
-ISO_PVD_OFFSET = 16 * 2048  # ISO 9660: the primary volume descriptor is sector 16
 
 _T0 = time.monotonic()
 
@@ -114,19 +114,6 @@ def parse_root(value: str | None) -> RootSpec:
     return RootSpec(label, "/".join(parts))
 
 
-def iso9660_label(device: str | Path) -> str | None:
-    """The volume identifier of an iso9660 filesystem (from its primary volume descriptor), else None."""
-    try:
-        with open(device, "rb") as f:
-            f.seek(ISO_PVD_OFFSET)
-            pvd = f.read(2048)
-    except OSError:  # an empty CD drive says ENOMEDIUM
-        return None
-    if len(pvd) < 72 or pvd[0] != 1 or pvd[1:6] != b"CD001":
-        return None
-    return pvd[40:72].decode("ascii", "replace").rstrip(" \0") or None
-
-
 def find_iso9660(label: str, sys_block: Path = Path("/sys/class/block"), dev: str = "/dev") -> str | None:
     """The /dev path of the whole disk or CD whose iso9660 volume is labelled ``label``."""
     if not sys_block.is_dir():
@@ -140,7 +127,7 @@ def find_iso9660(label: str, sys_block: Path = Path("/sys/class/block"), dev: st
         name = fields.get("DEVNAME")
         if not name or size == 0 or fields.get("DEVTYPE") == "partition" or name.startswith(("loop", "ram")):
             continue
-        if iso9660_label(f"{dev}/{name}") == label:
+        if probe_label(f"{dev}/{name}") == ("iso9660", label):
             return f"{dev}/{name}"
     return None
 

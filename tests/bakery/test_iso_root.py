@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from talos_os.init import loopdev, stage1, syscalls
+from talos_os.init.fslabel import probe_label
 from talos_os.init.stage1 import RootSpec
 
 
@@ -56,9 +57,9 @@ def test_iso9660_volume_is_found_by_label(tmp_path: Path) -> None:
     (dev / "vda").write_bytes(bytes(40000))
     _block(sys_block, "loop0", "disk")
     _iso(dev / "loop0", "TALOS_NEW")
-    assert stage1.iso9660_label(dev / "sr0") == "TALOS_OLD"
-    assert stage1.iso9660_label(dev / "vda") is None
-    assert stage1.iso9660_label(dev / "missing") is None
+    assert probe_label(dev / "sr0") == ("iso9660", "TALOS_OLD")
+    assert probe_label(dev / "vda") is None
+    assert probe_label(dev / "missing") is None
     assert stage1.find_iso9660("TALOS_NEW", sys_block, str(dev)) == f"{dev}/sdb"
     assert stage1.find_iso9660("TALOS_OLD", sys_block, str(dev)) == f"{dev}/sr0"
     assert stage1.find_iso9660("TALOS_NONE", sys_block, str(dev)) is None
