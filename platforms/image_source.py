@@ -28,6 +28,12 @@ def image_or_bake(
     if image is not None:
         warn_if_other_platform(image.resolve(), platform)
         return image.resolve()
+    set_bake_platform(ctx, kw, platform)
+    return bake(kw).raw
+
+
+def set_bake_platform(ctx: click.Context, kw: dict[str, Any], platform: str) -> None:
+    """``--platform`` for a bake defaults to ``platform``; another explicit one is a BakeError."""
     if ctx.get_parameter_source("platform") == ParameterSource.DEFAULT:
         kw["platform"] = platform
     elif kw["platform"] != platform:
@@ -35,7 +41,6 @@ def image_or_bake(
             f"talos-bake {platform} publishes {platform} images, not {kw['platform']}: drop --platform "
             "(or bake that image with talos-bake raw)"
         )
-    return bake(kw).raw
 
 
 def warn_if_other_platform(image: Path, platform: str) -> None:

@@ -16,7 +16,7 @@ import click
 
 from bakery.errors import BakeError
 from bakery.progress import Progress
-from platforms.image_source import image_or_bake
+from platforms.image_source import image_or_bake, set_bake_platform
 
 PLATFORM = "aws"
 
@@ -81,10 +81,7 @@ def command() -> click.Command:
                 if kw["image"]:
                     lines = plan(request)
                 else:
-                    if kw["platform"] != PLATFORM:  # as image_or_bake would refuse it
-                        raise BakeError(
-                            f"talos-bake aws publishes aws images, not {kw['platform']}: drop --platform"
-                        )
+                    set_bake_platform(ctx, kw, PLATFORM)  # refuses another --platform as a bake would
                     note = f"baked first into {request.image} with the talos-bake raw options"
                     lines = plan(request, bake_note=note, disk_size=parse_size(kw["disk_size"]))
                 click.echo("\n".join(lines))
