@@ -29,9 +29,11 @@ class AwsGuest:
 
     def find_config(self, ctx: GuestContext) -> ConfigRef | None:
         client = self.client(ctx)
-        instance = client.instance_id()
-        if instance:
-            ctx.facts["instance-id"] = instance
+        if "instance-id" not in ctx.facts:  # once: find_config is polled until a config arrives
+            instance = client.instance_id()
+            if instance:
+                ctx.facts["instance-id"] = instance
+                ctx.log(f"aws: instance {instance}")
         return fetch_aws_config(client)
 
     def hostname(self, ctx: GuestContext) -> str | None:
