@@ -18,6 +18,7 @@ Ops: ``ping``; ``reboot``, ``shutdown``, ``reset``; ``services``, ``service_star
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from talos_os.init.cgroups import Usage
 from talos_os.init.supervisor import LogBuffer, Supervisor
 
 log = logging.getLogger(__name__)
@@ -156,15 +158,11 @@ def supervisor_handlers(
         return "resetting"
 
     def stats(_req: dict[str, Any]) -> Any:
-        result = {}
-        for name, (pid, usage) in supervisor.usage().items():
-            result[name] = {
-                "pid": pid,
-                "cpu_usec": usage.cpu_usec if usage is not None else None,
-                "memory_bytes": usage.memory_bytes if usage is not None else None,
-                "source": usage.source if usage is not None else None,
-            }
-        return result
+        unknown = dict.fromkeys(f.name for f in dataclasses.fields(Usage))
+        return {
+            name: {"pid": pid, **(dataclasses.asdict(usage) if usage is not None else unknown)}
+            for name, (pid, usage) in supervisor.usage().items()
+        }
 
     def logs(req: dict[str, Any]) -> Any:
         return read_logs(supervisor.logs(_name(req)), req)

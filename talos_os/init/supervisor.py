@@ -207,12 +207,11 @@ class LogBuffer:
 
     def read_since(self, cursor: int) -> tuple[list[str], int]:
         """Lines from ``cursor`` on (or from the oldest kept line) and the cursor after them."""
-        with self._cond:
-            start = min(max(cursor, self._first), self._next)
-            return list(itertools.islice(self._ring, start - self._first, None)), self._next
+        _start, lines, end = self.page(cursor)
+        return lines, end
 
-    def page(self, cursor: int, max_lines: int) -> tuple[int, list[str], int]:
-        """At most ``max_lines`` lines from ``cursor`` (or the oldest kept line).
+    def page(self, cursor: int, max_lines: int | None = None) -> tuple[int, list[str], int]:
+        """At most ``max_lines`` (default: all) lines from ``cursor`` (or the oldest kept line).
 
         Returns the number of the first line returned, the lines, and the cursor of the next line
         the buffer will get: a reader that pages through a big ring copies only one page each time.
@@ -220,7 +219,8 @@ class LogBuffer:
         with self._cond:
             start = min(max(cursor, self._first), self._next)
             offset = start - self._first
-            return start, list(itertools.islice(self._ring, offset, offset + max(0, max_lines))), self._next
+            stop = None if max_lines is None else offset + max(0, max_lines)
+            return start, list(itertools.islice(self._ring, offset, stop)), self._next
 
     def wait_for_more(self, cursor: int, timeout: float | None) -> bool:
         """Block until a line past ``cursor`` exists (True) or the timeout/close comes (False)."""
