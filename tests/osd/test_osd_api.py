@@ -9,7 +9,7 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -186,17 +186,17 @@ def test_dmesg_from_a_file(node: Node, cluster: Cluster) -> None:
         assert _dmesg(stub, tail=1, has_tail=True) == expected[-1:]
 
 
-def _follow_dmesg(node: Node, cluster: Cluster, kmsg: Path, append: object) -> None:
+def _follow_dmesg(node: Node, cluster: Cluster, kmsg: Path, append: Callable[[str], None]) -> None:
     """Follow a kernel log at ``kmsg`` through a dedicated osd; ``append(text)`` adds records."""
     settings = Settings(control_socket=node.settings.control_socket, kmsg=kmsg)
     with Osd(node.osd.identity, node.osd.ca_pem, settings, address="127.0.0.1", port=0) as osd:
         other = Node(node.root, osd, node.supervisor, node.control, settings, node.trigger)
         with connect(other, cluster.client(pki.ROLE_READER)) as stub:
-            call = stub.Dmesg(pb.DmesgRequest(follow=True))
+            call = stub.Dmesg(pb.DmesgRequest(follow=True), timeout=T)  # a missing line fails, not hangs
             lines = (line for chunk in call for line in chunk.bytes.decode().splitlines())
-            append("6,10,3000000,-;first record\n")  # type: ignore[operator]
+            append("6,10,3000000,-;first record\n")
             assert next(lines) == "[    3.000000] first record"
-            append("6,11,4000000,-;second record\n SUBSYSTEM=x\n")  # type: ignore[operator]
+            append("6,11,4000000,-;second record\n SUBSYSTEM=x\n")
             assert next(lines) == "[    4.000000] second record"
             call.cancel()
 
