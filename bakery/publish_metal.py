@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
 
 from bakery import cidata as cidata_iso
 from bakery import install as installer
@@ -22,12 +21,11 @@ from bakery import iso as live_iso
 from bakery.errors import BakeError
 from bakery.image import BakeOptions, BakeResult
 from bakery.progress import Progress
-from platforms.image_source import warn_if_other_platform
+from platforms.image_source import BAKE_ONLY, refuse_bake_options, warn_if_other_platform
 from talos_os.config import ConfigError
 from talos_os.config import load as load_config
 
 PLATFORM = "bare-metal"
-BAKE_ONLY = ("platform", "config_url", "extra_kernel_args", "disk_size", "kernel_flavour", "locked")
 
 
 def raw_image(
@@ -37,15 +35,11 @@ def raw_image(
     bake_only: tuple[str, ...] = BAKE_ONLY,
 ) -> Path:
     """``--image`` or a fresh bake (platform bare-metal unless --platform says otherwise: a live ISO
-    of a kvm image is fine). A bake option next to ``--image`` is refused, not silently ignored: an
-    install that dropped the user's --config-url would boot a node that waits for a config forever."""
+    of a kvm image is fine); a bake option next to ``--image`` is refused."""
     image: Path | None = kw.pop("image")
     if image is None:
         return bake(kw).raw
-    given = [n for n in bake_only if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
-    if given:
-        flag = "--" + given[0].replace("_", "-")
-        raise BakeError(f"{flag} only applies when baking: drop it, or drop --image to bake a new image")
+    refuse_bake_options(ctx, bake_only)
     warn_if_other_platform(image.resolve(), PLATFORM)
     return image.resolve()
 

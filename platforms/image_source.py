@@ -14,6 +14,7 @@ from bakery.errors import BakeError
 from bakery.image import BakeResult
 
 QCOW2_MAGIC = b"QFI\xfb"
+BAKE_ONLY = ("platform", "config_url", "extra_kernel_args", "disk_size", "kernel_flavour", "locked")
 
 
 def image_or_bake(
@@ -26,10 +27,20 @@ def image_or_bake(
     """
     image: Path | None = kw.pop("image")
     if image is not None:
+        refuse_bake_options(ctx)
         warn_if_other_platform(image.resolve(), platform)
         return image.resolve()
     set_bake_platform(ctx, kw, platform)
     return bake(kw).raw
+
+
+def refuse_bake_options(ctx: click.Context, bake_only: tuple[str, ...] = BAKE_ONLY) -> None:
+    """A bake option next to ``--image`` is refused, not silently ignored: an image published without
+    the user's --config-url boots a node that waits for a config forever."""
+    given = [n for n in bake_only if ctx.get_parameter_source(n) is ParameterSource.COMMANDLINE]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise BakeError(f"{flag} only applies when baking: drop it, or drop --image to bake a new image")
 
 
 def set_bake_platform(ctx: click.Context, kw: dict[str, Any], platform: str) -> None:

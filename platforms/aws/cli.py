@@ -16,7 +16,7 @@ import click
 
 from bakery.errors import BakeError
 from bakery.progress import Progress
-from platforms.image_source import image_or_bake, set_bake_platform
+from platforms.image_source import image_or_bake, refuse_bake_options, set_bake_platform
 
 PLATFORM = "aws"
 
@@ -79,6 +79,7 @@ def command() -> click.Command:
         try:
             if kw["dry_run"]:
                 if kw["image"]:
+                    refuse_bake_options(ctx)  # as image_or_bake does for a real run
                     lines = plan(request)
                 else:
                     set_bake_platform(ctx, kw, PLATFORM)  # refuses another --platform as a bake would

@@ -417,6 +417,8 @@ def test_dry_run_prints_the_plan_and_touches_nothing(moto: str, sparse_image: Pa
     assert "uefi-preferred" in result.stdout and f"copy to: {OTHER_REGION}" in result.stdout
     assert own_snapshots(moto) == [] and own_images(moto) == []
     assert plan(request(sparse_image, moto))[0].startswith("plan (dry run")
+    refused = CliRunner().invoke(cli, [*args, "--config-url", "http://127.0.0.1:1/config.yaml"])
+    assert refused.exit_code == 1 and "--config-url only applies when baking" in refused.stderr
 
 
 def test_dry_run_without_image_bakes_nothing(moto: str, tmp_path: Path) -> None:

@@ -124,6 +124,10 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "cannot connect to libvirt" in result.output and "start libvirtd" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    result = runner.invoke(
+        cli, ["kvm", "--image", str(disk), "--out", str(tmp_path), "--config-url", "http://x/"]
+    )
+    assert result.exit_code == 1 and "--config-url only applies when baking" in result.output
 
 
 # --- end to end, against libvirtd ---------------------------------------------------------------

@@ -199,6 +199,10 @@ def test_cli_refuses_qcow2_and_another_platform(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["xen", "--platform", "aws", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "publishes xen images, not aws" in result.output
     assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(
+        cli, ["xen", "--image", str(image), "--out", str(tmp_path), "--disk-size", "4G"]
+    )
+    assert result.exit_code == 1 and "--disk-size only applies when baking" in result.output
 
 
 # --- end to end: a xen image, Debian's pygrub, QEMU ------------------------------------------------
