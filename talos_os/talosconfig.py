@@ -208,6 +208,17 @@ def loads(text: str | bytes, *, source: str = "talosconfig") -> TalosConfig:
         return TalosConfig()
     if not isinstance(data, dict):
         raise TalosConfigError(f"{source} must be a YAML mapping with 'context' and 'contexts'")
+    if {"machine", "cluster"} & set(data):  # reading it as a talosconfig, then saving, loses its secrets
+        raise TalosConfigError(
+            f"{source} is a machine config, not a talosconfig: use the talosconfig file that "
+            "`osctl config generate` wrote next to it"
+        )
+    unknown = set(data) - {"context", "contexts"}
+    if unknown:
+        raise TalosConfigError(
+            f"{source} has unknown top-level field(s) {', '.join(sorted(map(str, unknown)))}: "
+            "it is not a talosconfig (which has only 'context' and 'contexts')"
+        )
     contexts_raw = data.get("contexts") or {}
     if not isinstance(contexts_raw, dict):
         raise TalosConfigError(f"{source}: 'contexts' must be a mapping of name to context")

@@ -1,63 +1,41 @@
 """``osctl config ...``: generate and validate machine configs, and manage the talosconfig.
 
-The talosconfig location is shared by every osctl command: ``--talosconfig`` (on the root group or on
-``config``) beats ``$TALOSCONFIG`` beats ``~/.talos/config``. Later command groups reuse
-``talosconfig_option`` and ``talosconfig_path`` rather than re-implementing that order.
+The talosconfig location is shared by every osctl command: ``--talosconfig`` (before or after any
+command, see :mod:`talos_os.osctl.flags`) beats ``$TALOSCONFIG`` beats ``~/.talos/config``;
+``--context`` picks a context other than the current one.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
 from talos_os import pki, talosconfig
 from talos_os.config import ConfigError, Mode, json_schema, loads
 from talos_os.config.generate import DEFAULT_INSTALL_DISK, DEFAULT_KUBERNETES_VERSION, FILE_NAMES, generate
+from talos_os.osctl import flags
 from talos_os.osctl.errors import user_errors
-
-_META_KEY = "talos_os.talosconfig"
-
-
-def _remember_talosconfig(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    """Store an explicit ``--talosconfig`` where any nested command can find it (``ctx.meta`` is shared)."""
-    if value:
-        ctx.meta[_META_KEY] = value
-
-
-def talosconfig_option() -> click.Option:
-    """A ``--talosconfig PATH`` option for any group or command; the innermost explicit one wins."""
-    return click.Option(
-        ["--talosconfig"],
-        metavar="PATH",
-        expose_value=False,
-        callback=_remember_talosconfig,
-        help="Client config to use [default: $TALOSCONFIG, else ~/.talos/config].",
-    )
+from talos_os.osctl.output import render
 
 
 def talosconfig_path(ctx: click.Context | None = None) -> Path:
-    """The talosconfig this invocation uses (explicit option, then $TALOSCONFIG, then the default)."""
-    ctx = ctx if ctx is not None else click.get_current_context()
-    explicit = ctx.meta.get(_META_KEY)
-    return talosconfig.resolve_path(explicit if isinstance(explicit, str) else None)
+    """The talosconfig this invocation uses (``--talosconfig``, then $TALOSCONFIG, then the default)."""
+    return flags.talosconfig_path(ctx)
 
 
 def register(root: click.Group) -> None:
-    """Attach ``config`` to the root group and give the root a global ``--talosconfig`` option."""
-    if not any(p.name == "talosconfig" for p in root.params):
-        root.params.append(talosconfig_option())
+    """Attach ``config`` to the root group (cli.py gives every command the global options)."""
     root.add_command(config)
 
 
-@click.group()
+@click.group(epilog="Example: osctl config generate demo https://10.5.0.2:6443 -o ./gen")
 def config() -> None:
     """Generate and validate machine configs; manage the client config (talosconfig)."""
-
-
-config.params.append(talosconfig_option())
 
 
 # ---- machine configs -------------------------------------------------------------------------------------
@@ -74,7 +52,16 @@ def _refuse_overwrite(targets: Sequence[Path]) -> None:
             raise click.ClickException(f"{path} already exists; pass --force to overwrite it")
 
 
-@config.command("generate")
+def _k8s_version(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """``1.30.2`` and ``v1.30.2`` are the same version; the config stores the ``v`` form."""
+    value = value.strip()
+    return value if value.startswith("v") else f"v{value}"
+
+
+@config.command(
+    "generate",
+    epilog="\b\nExample:\n  osctl config generate demo https://10.5.0.2:6443 -o ./gen --additional-sans 10.5.0.2",
+)
 @click.argument("cluster_name", metavar="CLUSTER")
 @click.argument("endpoint", metavar="ENDPOINT")
 @click.option(
@@ -91,8 +78,19 @@ def _refuse_overwrite(targets: Sequence[Path]) -> None:
     metavar="SAN[,SAN...]",
     help="Extra IPs/DNS names for the API certificates (comma separated or repeated).",
 )
-@click.option("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION, show_default=True)
-@click.option("--install-disk", default=DEFAULT_INSTALL_DISK, show_default=True)
+@click.option(
+    "--kubernetes-version",
+    default=DEFAULT_KUBERNETES_VERSION,
+    show_default=True,
+    callback=_k8s_version,
+    help="Kubernetes version the configs ask for, with or without the leading v (1.30.2 or v1.30.2).",
+)
+@click.option(
+    "--install-disk",
+    default=DEFAULT_INSTALL_DISK,
+    show_default=True,
+    help="Disk the nodes install talos-os onto (machine.install.disk).",
+)
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
 def generate_cmd(
     cluster_name: str,
@@ -124,7 +122,10 @@ def generate_cmd(
             click.echo(f"created {path}")
 
 
-@config.command("validate")
+@config.command(
+    "validate",
+    epilog="\b\nExamples:\n  osctl config validate worker.yaml --mode metal\n  cat worker.yaml | osctl config validate -",
+)
 @click.argument("file", metavar="FILE")
 @click.option(
     "--mode",
@@ -134,9 +135,10 @@ def generate_cmd(
 )
 @click.pass_context
 def validate_cmd(ctx: click.Context, file: str, mode: str | None) -> None:
-    """Check a machine config; print every problem, one per line, and exit 1 if there are any."""
+    """Check a machine config (FILE, or - for stdin); print every problem, one per line, and exit 1 if any."""
+    shown = "stdin" if file == "-" else file
     try:
-        data = Path(file).read_bytes()
+        data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
     except OSError as exc:
         raise click.ClickException(f"cannot read {file}: {exc.strerror or exc}") from None
     try:
@@ -145,12 +147,12 @@ def validate_cmd(ctx: click.Context, file: str, mode: str | None) -> None:
         lines = [str(issue) for issue in err.issues] or [str(err)]
         for line in lines:
             click.echo(line, err=True)
-        click.echo(f"{file} is not valid: {len(lines)} problem(s)", err=True)
+        click.echo(f"{shown} is not valid: {len(lines)} problem(s)", err=True)
         ctx.exit(1)
-    click.echo(f"{file} is valid for mode {mode}" if mode else f"{file} is valid")
+    click.echo(f"{shown} is valid for mode {mode}" if mode else f"{shown} is valid")
 
 
-@config.command("schema")
+@config.command("schema", epilog="Example: osctl config schema > talos-os-config.schema.json")
 def schema_cmd() -> None:
     """Print the machine config's JSON Schema (for editors and CI)."""
     click.echo(json.dumps(json_schema(), indent=2))
@@ -164,26 +166,24 @@ def _load() -> tuple[Path, talosconfig.TalosConfig]:
     return path, talosconfig.load(path)
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
-
-
-@config.command("contexts")
-def contexts_cmd() -> None:
+@config.command("contexts", epilog="Example: osctl config contexts -o yaml")
+@flags.output_option()
+def contexts_cmd(output: str | None) -> None:
     """List the talosconfig's contexts; * marks the current one."""
     with user_errors():
         _path, cfg = _load()
-    rows: list[list[str]] = [["CURRENT", "NAME", "ENDPOINTS", "NODES"]]
-    for name, ctx in sorted(cfg.contexts.items()):
-        mark = "*" if name == cfg.context else ""
-        rows.append([mark, name, ",".join(ctx.endpoints), ",".join(ctx.nodes)])
-    click.echo(_table(rows))
+    records: list[dict[str, Any]] = [
+        {"name": name, "current": name == cfg.context, "endpoints": ctx.endpoints, "nodes": ctx.nodes}
+        for name, ctx in sorted(cfg.contexts.items())
+    ]
+    rows = [
+        ["*" if r["current"] else "", r["name"], ",".join(r["endpoints"]), ",".join(r["nodes"])]
+        for r in records
+    ]
+    click.echo(render(flags.output_format(output), ["CURRENT", "NAME", "ENDPOINTS", "NODES"], rows, records))
 
 
-@config.command("context")
+@config.command("context", epilog="Example: osctl config context demo")
 @click.argument("name")
 def context_cmd(name: str) -> None:
     """Make NAME the current context."""
@@ -194,37 +194,44 @@ def context_cmd(name: str) -> None:
     click.echo(f"current context is now {name}")
 
 
-def _update_current(
+def _update_selected(
     update: Callable[[talosconfig.TalosConfig, list[str]], None], values: tuple[str, ...], what: str
 ) -> None:
+    """Change the ``--context`` context (else the current one), leaving which one is current alone."""
     with user_errors():
         path, cfg = _load()
+        current = cfg.context
+        if flags.context_name() is not None:
+            flags.selected_context(cfg)  # refuses an unknown --context with the names it knows
+            cfg.context = flags.context_name()
         update(cfg, list(values))
+        changed, cfg.context = cfg.context, current
         talosconfig.save(cfg, path)
     shown = ", ".join(values) if values else "(none: requests go to the endpoint itself)"
-    click.echo(f"{what} of context {cfg.context}: {shown}")
+    click.echo(f"{what} of context {changed}: {shown}")
 
 
-@config.command("endpoint")
+@config.command("endpoint", epilog="Example: osctl config endpoint 10.5.0.2 10.5.0.3")
 @click.argument("hosts", metavar="HOST...", nargs=-1, required=True)
 def endpoint_cmd(hosts: tuple[str, ...]) -> None:
-    """Set the endpoints (nodes osctl connects to) of the current context."""
-    _update_current(talosconfig.TalosConfig.set_endpoints, hosts, "endpoints")
+    """Set the endpoints (nodes osctl connects to) of the current context (or --context's)."""
+    _update_selected(talosconfig.TalosConfig.set_endpoints, hosts, "endpoints")
 
 
-@config.command("node")
+@config.command("node", epilog="Example: osctl config node 10.5.0.2")
 @click.argument("hosts", metavar="[HOST...]", nargs=-1)
 def node_cmd(hosts: tuple[str, ...]) -> None:
-    """Set the target nodes of the current context (none: target the endpoint)."""
-    _update_current(talosconfig.TalosConfig.set_nodes, hosts, "nodes")
+    """Set the target nodes of the current context, or --context's (none: target the endpoint)."""
+    _update_selected(talosconfig.TalosConfig.set_nodes, hosts, "nodes")
 
 
-@config.command("merge")
+@config.command("merge", epilog="Example: osctl config merge ./gen/talosconfig")
 @click.argument("file", metavar="FILE")
 def merge_cmd(file: str) -> None:
     """Merge FILE's contexts into the talosconfig and make FILE's context current.
 
-    Contexts whose names clash are renamed NAME-1, NAME-2... as talosctl does.
+    Contexts whose names clash are renamed NAME-1, NAME-2... as talosctl does. Neither file may be a
+    machine config: merging would replace its secrets with a talosconfig.
     """
     with user_errors():
         other = talosconfig.load(file)

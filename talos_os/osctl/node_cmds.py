@@ -1,7 +1,7 @@
 """The osctl commands that call the node API (osd): version, reboot, services, logs, cp...
 
-Every command runs on each target node in parallel (see :mod:`talos_os.osctl.client`); with more
-than one node, tables gain a NODE column and streamed lines a ``NODE: `` prefix. A node that fails
+Every command runs on each target node in parallel (see :mod:`talos_os.osctl.client`); tables
+always start with a NODE column, and with several nodes streamed lines get a ``NODE: `` prefix. A node that fails
 gets one ``error: NODE: ...`` line on stderr and the command exits 1 once the others are done.
 """
 
@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import click
-from click.shell_completion import get_completion_class
 from google.protobuf.message import Message
 
 from talos_os import __version__, pki, talosconfig
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
+from talos_os.osctl import flags
 from talos_os.osctl.client import (
     CALL_TIMEOUT,
     Calls,
@@ -33,64 +33,63 @@ from talos_os.osctl.client import (
     Target,
     resolve_targets,
 )
-from talos_os.osctl.config_cmds import talosconfig_path
 from talos_os.osctl.errors import user_errors
-from talos_os.osctl.output import LinePrinter, duration, plain, size, table, to_json
+from talos_os.osctl.output import LinePrinter, duration, plain, render, size
 
 T = TypeVar("T")
-_ENDPOINTS = "talos_os.endpoints"
-_NODES = "talos_os.nodes"
 
 
-# --- global options --------------------------------------------------------------------------------
-
-
-def _hosts_callback(key: str) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], None]:
-    def remember(ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> None:
-        hosts = [h.strip() for v in values for h in v.split(",") if h.strip()]
-        if hosts:
-            ctx.meta[key] = hosts
-
-    return remember
-
-
-def global_options() -> list[click.Option]:
-    """``-e/--endpoints`` and ``-n/--nodes``: override the context's, comma separated or repeated."""
-    return [
-        click.Option(
-            ["-e", "--endpoints"],
-            multiple=True,
-            metavar="HOST[,HOST]",
-            expose_value=False,
-            callback=_hosts_callback(_ENDPOINTS),
-            help="Endpoints to connect to [default: the context's].",
-        ),
-        click.Option(
-            ["-n", "--nodes"],
-            multiple=True,
-            metavar="HOST[,HOST]",
-            expose_value=False,
-            callback=_hosts_callback(_NODES),
-            help="Nodes to run the command on, in parallel [default: the context's, else the endpoint].",
-        ),
-    ]
+EXAMPLES = {
+    "version": "osctl -n 10.5.0.2 version -o yaml",
+    "reboot": "osctl -n 10.5.0.2 reboot",
+    "shutdown": "osctl -n 10.5.0.2 shutdown",
+    "reset": "osctl -n 10.5.0.2 reset --yes",
+    "services": "osctl -n 10.5.0.2,10.5.0.3 services",
+    "service": "osctl service containerd restart",
+    "stats": "osctl stats -o json",
+    "ps": "osctl ps --namespace system",
+    "logs": "osctl logs osd -f --tail 20",
+    "dmesg": "osctl dmesg --tail 50",
+    "kubeconfig": "osctl -n 10.5.0.2 kubeconfig ./kubeconfig",
+    "routes": "osctl routes",
+    "interfaces": "osctl interfaces -o yaml",
+    "mounts": "osctl mounts",
+    "memory": "osctl memory",
+    "cp": "osctl cp /var/log ./logs",
+    "read": "osctl read /proc/cmdline",
+}
 
 
 def register(root: click.Group) -> None:
-    """Give the root group ``-e``/``-n`` and attach the node commands."""
-    names = {p.name for p in root.params}
-    root.params.extend(o for o in global_options() if o.name not in names)
+    """Attach the node commands (cli.py gives them the global -e/-n/--talosconfig/--context options)."""
     for command in COMMANDS:
+        if not command.epilog and command.name in EXAMPLES:
+            command.epilog = f"Example: {EXAMPLES[command.name]}"
         root.add_command(command)
+
+
+def _refuse_relaying(endpoints: Sequence[str], nodes: Sequence[str]) -> None:
+    """``-n`` behind an explicit ``-e`` would need relaying through the endpoint, which osd cannot do
+    yet: refuse rather than silently contacting the nodes directly and ignoring ``-e``."""
+    if not endpoints or not nodes:
+        return
+    reachable = {t.address for e in endpoints for t in resolve_targets([e], [])}
+    behind = [n for n in nodes if resolve_targets(endpoints, [n])[0].address not in reachable]
+    if behind:
+        raise talosconfig.TalosConfigError(
+            f"-n {','.join(behind)} is not one of -e {','.join(endpoints)}, and reaching nodes through an "
+            "endpoint is not implemented yet: drop -e (osctl contacts the -n nodes directly)"
+        )
 
 
 def _session() -> Calls:
     ctx = click.get_current_context()
     with user_errors():
-        cfg = talosconfig.load(talosconfig_path(ctx))
-        context = cfg.current()
-        endpoints = ctx.meta.get(_ENDPOINTS) or context.endpoints
-        nodes = ctx.meta.get(_NODES) or context.nodes
+        cfg = talosconfig.load(flags.talosconfig_path(ctx))
+        context = flags.selected_context(cfg, ctx)
+        _refuse_relaying(flags.explicit(ctx, flags.ENDPOINTS), flags.explicit(ctx, flags.NODES))
+        endpoints = flags.explicit(ctx, flags.ENDPOINTS) or context.endpoints
+        nodes = flags.explicit(ctx, flags.NODES) or context.nodes
         targets = resolve_targets(endpoints, nodes)
         creds = Credentials.from_context(context)
         creds.check()
@@ -119,36 +118,21 @@ def _run(
         raise  # unreachable: exit raises
 
 
-def _output_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    return click.option(
-        "-o",
-        "--output",
-        type=click.Choice(["table", "json"]),
-        default="table",
-        show_default=True,
-        help="Output format.",
-    )
+_output_option = flags.output_option
 
 
 def _emit(
-    calls: Calls,
     outcomes: Sequence[Outcome[T]],
-    output: str,
+    output: str | None,
     headers: Sequence[str],
     rows: Callable[[T], Sequence[Sequence[object]]],
     records: Callable[[T], list[dict[str, Any]]],
 ) -> None:
-    """Print every node's rows as one table (NODE column when several) or JSON records with ``node``."""
-    ok = [o for o in outcomes if o.error is None and o.value is not None]
-    if output == "json":
-        out = [{"node": o.target.name, **rec} for o in ok for rec in records(o.value)]  # type: ignore[arg-type]
-        click.echo(to_json(out))
-    else:
-        all_rows: list[Sequence[object]] = []
-        for o in ok:
-            for row in rows(o.value):  # type: ignore[arg-type]
-                all_rows.append([o.target.name, *row] if calls.many else row)
-        click.echo(table(["NODE", *headers] if calls.many else headers, all_rows))
+    """Print every node's rows as one table with a NODE column, or JSON/YAML records with ``node``."""
+    ok = [(o.target.name, o.value) for o in outcomes if o.error is None and o.value is not None]
+    out = [{"node": name, **rec} for name, value in ok for rec in records(value)]
+    table_rows = [[name, *row] for name, value in ok for row in rows(value)]
+    click.echo(render(flags.output_format(output), ["NODE", *headers], table_rows, out))
     _report(outcomes)
 
 
@@ -172,13 +156,14 @@ def _stream(fn: Callable[[pb_grpc.NodeStub, Target], Iterator[pb.Data]], out: Bi
 
 @click.command("version")
 @_output_option()
-def version_cmd(output: str) -> None:
+def version_cmd(output: str | None) -> None:
     """Print the client's and each node's versions."""
     _calls, outcomes = _run(lambda s, _t: s.Version(pb.Empty(), timeout=CALL_TIMEOUT))
     ok = [o for o in outcomes if o.value is not None]
-    if output == "json":
+    output = flags.output_format(output)
+    if output != "table":
         servers = [{"node": o.target.name, **plain(o.value)} for o in ok if o.value is not None]
-        click.echo(to_json({"client": {"tag": __version__, "api": "v1"}, "servers": servers}))
+        click.echo(render(output, [], [], {"client": {"tag": __version__, "api": "v1"}, "servers": servers}))
     else:
         click.echo(f"Client: osctl {__version__}")
         headers = ["NODE", "TAG", "API", "KERNEL", "ARCH", "HOSTNAME"]
@@ -189,7 +174,7 @@ def version_cmd(output: str) -> None:
         ]
         if rows:
             click.echo("Server:")
-            click.echo(table(headers, rows))
+            click.echo(render("table", headers, rows, None))
     _report(outcomes)
 
 
@@ -238,10 +223,9 @@ def _listing(
 
     @click.command(name, help=doc)
     @_output_option()
-    def command(output: str) -> None:
-        calls, outcomes = _run(lambda s, _t: call(s))
+    def command(output: str | None) -> None:
+        _calls, outcomes = _run(lambda s, _t: call(s))
         _emit(
-            calls,
             outcomes,
             output,
             headers,
@@ -281,17 +265,16 @@ services_cmd = _listing(
 @click.argument("name")
 @click.argument("action", required=False, type=click.Choice(["start", "stop", "restart"]))
 @_output_option()
-def service_cmd(name: str, action: str | None, output: str) -> None:
+def service_cmd(name: str, action: str | None, output: str | None) -> None:
     """Show service NAME, or start, stop or restart it."""
     if action is None:
-        calls, outcomes = _run(lambda s, _t: s.ServiceList(pb.Empty(), timeout=CALL_TIMEOUT))
+        _calls, outcomes = _run(lambda s, _t: s.ServiceList(pb.Empty(), timeout=CALL_TIMEOUT))
         found: list[Outcome[pb.ServiceListReply]] = []
         for o in outcomes:
             if o.value is not None and not any(s.id == name for s in o.value.services):
                 o.error, o.value = f"no service named {name!r}", None
             found.append(o)
         _emit(
-            calls,
             found,
             output,
             _SERVICE_HEADERS,
@@ -333,9 +316,9 @@ stats_cmd = _listing(
 @click.option("--namespace", default="", help="Only this namespace: system (services), host or kernel.")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Include kernel threads.")
 @_output_option()
-def ps_cmd(namespace: str, show_all: bool, output: str) -> None:
+def ps_cmd(namespace: str, show_all: bool, output: str | None) -> None:
     """List the processes running on the nodes."""
-    calls, outcomes = _run(
+    _calls, outcomes = _run(
         lambda s, _t: s.Processes(pb.ProcessesRequest(namespace=namespace), timeout=CALL_TIMEOUT)
     )
 
@@ -343,7 +326,6 @@ def ps_cmd(namespace: str, show_all: bool, output: str) -> None:
         return [p for p in r.processes if show_all or namespace == "kernel" or p.namespace != "kernel"]
 
     _emit(
-        calls,
         outcomes,
         output,
         ["NAMESPACE", "ID", "IMAGE", "PID", "STATUS"],
@@ -435,15 +417,14 @@ mounts_cmd = _listing(
 
 @click.command("memory")
 @_output_option()
-def memory_cmd(output: str) -> None:
+def memory_cmd(output: str | None) -> None:
     """The nodes' memory (MiB), like free(1)."""
-    calls, outcomes = _run(lambda s, _t: s.Memory(pb.Empty(), timeout=CALL_TIMEOUT))
+    _calls, outcomes = _run(lambda s, _t: s.Memory(pb.Empty(), timeout=CALL_TIMEOUT))
 
     def mib(n: int) -> str:
         return str(n >> 20)
 
     _emit(
-        calls,
         outcomes,
         output,
         ["TOTAL", "USED", "FREE", "SHARED", "BUFFERS", "CACHE", "AVAILABLE"],
@@ -558,17 +539,6 @@ def read_cmd(path: str) -> None:
     _stream(lambda s, _t: s.Read(pb.ReadRequest(path=path)))
 
 
-@click.command("completion")
-@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
-def completion_cmd(shell: str) -> None:
-    """Print the shell completion script: eval "$(osctl completion bash)"."""
-    cls = get_completion_class(shell)
-    if cls is None:  # pragma: no cover - click ships all three
-        raise click.ClickException(f"click has no completion for {shell}")
-    root = click.get_current_context().find_root().command
-    click.echo(cls(root, {}, "osctl", "_OSCTL_COMPLETE").source())
-
-
 COMMANDS: list[click.Command] = [
     version_cmd,
     reboot_cmd,
@@ -587,5 +557,4 @@ COMMANDS: list[click.Command] = [
     memory_cmd,
     cp_cmd,
     read_cmd,
-    completion_cmd,
 ]

@@ -1,29 +1,49 @@
-"""How osctl prints node answers: aligned tables for people, JSON for scripts, node-prefixed lines."""
+"""How osctl prints node answers: aligned tables for people, JSON or YAML for scripts, node-prefixed lines."""
 
 from __future__ import annotations
 
 import json
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
+import yaml
 from google.protobuf.message import Message
+
+# Fields holding a unix time as a double; shown as ISO 8601 (UTC), 0 as null.
+TIME_FIELDS = frozenset({"since", "time"})
 
 
 def plain(msg: Message) -> dict[str, Any]:
-    """A message as plain Python values (64-bit integers stay numbers, unlike protobuf's JSON)."""
+    """A message as plain values for JSON/YAML: 64-bit integers stay numbers (unlike protobuf's JSON),
+    times are ISO 8601, and a ``has_X`` presence flag becomes X itself being null."""
+    names = {fd.name for fd in msg.DESCRIPTOR.fields}
     out: dict[str, Any] = {}
     for fd in msg.DESCRIPTOR.fields:
+        if fd.name.startswith("has_") and fd.name[4:] in names:
+            continue
         value = getattr(msg, fd.name)
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+        if f"has_{fd.name}" in names and not getattr(msg, f"has_{fd.name}"):
+            out[fd.name] = None
+        elif fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             out[fd.name] = dict(value)
         elif fd.is_repeated:
             out[fd.name] = [plain(v) if fd.message_type is not None else v for v in value]
         elif fd.message_type is not None:
             out[fd.name] = plain(value)
+        elif fd.name in TIME_FIELDS:
+            out[fd.name] = iso_time(value)
         else:
             out[fd.name] = value
     return out
+
+
+def iso_time(epoch: float) -> str | None:
+    """``2026-12-01T08:15:55.123456Z`` for a unix time; None for 0 (never set)."""
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -37,6 +57,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def to_json(value: object) -> str:
     return json.dumps(value, indent=2, sort_keys=False, default=str)
+
+
+def to_yaml(value: object) -> str:
+    """YAML in the order given (records read like the table's columns)."""
+    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=1 << 20).rstrip("\n")
+
+
+def render(output: str, headers: Sequence[str], rows: Sequence[Sequence[object]], records: object) -> str:
+    """The table for ``table``, else ``records`` as JSON or YAML."""
+    if output == "json":
+        return to_json(records)
+    if output == "yaml":
+        return to_yaml(records)
+    return table(headers, rows)
 
 
 def size(n: float) -> str:

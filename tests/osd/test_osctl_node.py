@@ -13,14 +13,15 @@ import sys
 import tarfile
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 from osdenv import Cluster, Node, T, write_talosconfig
 
-from talos_os import __version__, pki
+from talos_os import __version__, pki, talosconfig
 from talos_os.osctl.cli import cli
 from talos_os.osctl.client import DEFAULT_PORT, parse_target, resolve_targets
 from talos_os.osctl.node_cmds import _safe_member
@@ -57,6 +58,13 @@ def table(output: str) -> list[list[str]]:
     return [[c.strip() for c in line.split("   ") if c.strip()] for line in output.strip().splitlines()]
 
 
+def node_table(output: str, node: str) -> list[list[str]]:
+    """A one-node table without its NODE column, checking the column is there (even for one node)."""
+    rows = table(output)
+    assert rows[0][0] == "NODE" and all(row[0] == node for row in rows[1:]), output
+    return [row[1:] for row in rows]
+
+
 def test_targets() -> None:
     assert parse_target("10.0.0.1").address == f"10.0.0.1:{DEFAULT_PORT}"
     assert parse_target("10.0.0.1:50001").address == "10.0.0.1:50001"
@@ -86,7 +94,7 @@ def test_version(admin_config: Path, node: Node) -> None:
 def test_services_and_service(admin_config: Path, node: Node) -> None:
     r = osctl(admin_config, "services")
     assert r.exit_code == 0, r.output
-    rows = table(r.output)
+    rows = node_table(r.output, node.address)
     assert rows[0] == ["SERVICE", "STATE", "PID", "RESTARTS", "EXIT", "SINCE", "MESSAGE"]
     by_name = {row[0]: row for row in rows[1:]}
     assert by_name["sleeper"][1] == "running" and by_name["sleeper"][2] == str(
@@ -97,7 +105,7 @@ def test_services_and_service(admin_config: Path, node: Node) -> None:
     assert {r["id"] for r in records} == {"ticker", "sleeper", "once"} and all(
         r["node"] == node.address for r in records
     )
-    one = table(osctl(admin_config, "service", "once").output)
+    one = node_table(osctl(admin_config, "service", "once").output, node.address)
     assert len(one) == 2 and one[1][0] == "once"
     missing = osctl(admin_config, "service", "nope")
     assert missing.exit_code == 1 and f"error: {node.address}: no service named 'nope'" in missing.output
@@ -134,12 +142,12 @@ def test_reboot_shutdown_reset(admin_config: Path, node: Node) -> None:
 
 
 def test_stats_and_ps(admin_config: Path, node: Node) -> None:
-    rows = table(osctl(admin_config, "stats").output)
+    rows = node_table(osctl(admin_config, "stats").output, node.address)
     assert rows[0] == ["NAMESPACE", "ID", "PID", "MEMORY(MB)", "CPU(s)"]
     ticker = next(r for r in rows if r[1] == "ticker")
     assert ticker[0] == "system" and float(ticker[3]) > 1
     r = osctl(admin_config, "ps", "--namespace", "system")
-    rows = table(r.output)
+    rows = node_table(r.output, node.address)
     assert rows[0] == ["NAMESPACE", "ID", "IMAGE", "PID", "STATUS"]
     sleeper = next(row for row in rows if row[1] == "sleeper")
     assert sleeper[0] == "system" and sleeper[2].endswith("sleep") and sleeper[4] in ("sleeping", "running")
@@ -171,22 +179,22 @@ def test_kubeconfig(admin_config: Path, node: Node, tmp_path: Path) -> None:
     assert stat.S_IMODE(dest.stat().st_mode) == 0o600
 
 
-def test_network_mounts_memory(admin_config: Path) -> None:
-    interfaces = table(osctl(admin_config, "interfaces").output)
+def test_network_mounts_memory(admin_config: Path, node: Node) -> None:
+    interfaces = node_table(osctl(admin_config, "interfaces").output, node.address)
     assert interfaces[0] == ["INDEX", "NAME", "MTU", "MAC", "STATE", "ADDRESSES"]
     assert any(row[1] == "lo" and "127.0.0.1/8" in row[5] for row in interfaces)
-    routes = table(osctl(admin_config, "routes").output)
+    routes = node_table(osctl(admin_config, "routes").output, node.address)
     assert routes[0] == ["INTERFACE", "DESTINATION", "GATEWAY", "SOURCE", "METRIC", "TABLE", "PROTOCOL"]
-    mounts = table(osctl(admin_config, "mounts").output)
+    mounts = node_table(osctl(admin_config, "mounts").output, node.address)
     assert mounts[0] == ["FILESYSTEM", "TYPE", "SIZE", "USED", "AVAILABLE", "USE%", "MOUNTED ON"]
     assert any(row[-1] == "/" for row in mounts)
-    memory = table(osctl(admin_config, "memory").output)
+    memory = node_table(osctl(admin_config, "memory").output, node.address)
     total = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
     assert memory[0][0] == "TOTAL" and int(memory[1][0]) == total >> 20
     assert json.loads(osctl(admin_config, "memory", "-o", "json").output)[0]["total"] == total
 
 
-def test_cp_and_read(admin_config: Path, reader_config: Path, tmp_path: Path) -> None:
+def test_cp_and_read(admin_config: Path, reader_config: Path, node: Node, tmp_path: Path) -> None:
     src = tmp_path / "node" / "etc"
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("alpha\n")
@@ -200,11 +208,14 @@ def test_cp_and_read(admin_config: Path, reader_config: Path, tmp_path: Path) ->
     assert (out / "etc" / "sub" / "b.bin").read_bytes() == (src / "sub" / "b.bin").read_bytes()
     assert os.readlink(out / "etc" / "link") == "a.txt"
     assert not (out / "etc" / "escape").exists() and not (out / "etc" / "escape").is_symlink()
-    assert osctl(reader_config, "read", str(src / "a.txt")).output == "alpha\n"
-    (src / "a.txt").chmod(0o600)
-    refused = osctl(reader_config, "read", str(src / "a.txt"))
+    shared = node.public / "a.txt"  # readers read only under the node's reader trees
+    shared.write_text("alpha\n")
+    shared.chmod(0o644)
+    assert osctl(reader_config, "read", str(shared)).output == "alpha\n"
+    shared.chmod(0o600)
+    refused = osctl(reader_config, "read", str(shared))
     assert refused.exit_code == 1 and "needs os:admin" in refused.output
-    assert osctl(admin_config, "read", str(src / "a.txt")).output == "alpha\n"
+    assert osctl(admin_config, "read", str(shared)).output == "alpha\n"
 
 
 def test_cp_extracts_only_safe_members(tmp_path: Path) -> None:
@@ -352,3 +363,35 @@ def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str]:
 
     threading.Thread(target=read, daemon=True).start()
     return lines
+
+
+def test_global_flags_after_the_command(admin_config: Path, node: Node, tmp_path: Path) -> None:
+    """talosctl's positions: -n, --talosconfig and -o may follow the command."""
+    elsewhere = tmp_path / "tc"
+    cfg = talosconfig.load(admin_config)
+    cfg.current().endpoints = ["127.0.0.1:1"]  # nobody listens there
+    talosconfig.save(cfg, elsewhere)
+    r = CliRunner().invoke(
+        cli, ["version", "-n", node.address, "--talosconfig", str(admin_config), "-o", "json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["servers"][0]["node"] == node.address
+    # the innermost --talosconfig wins, wherever the outer one was
+    r = CliRunner().invoke(
+        cli, ["--talosconfig", str(elsewhere), "services", "--talosconfig", str(admin_config)]
+    )
+    assert r.exit_code == 0 and table(r.output)[1][0] == node.address
+    # the root's -o is every command's default
+    r = CliRunner().invoke(cli, ["--talosconfig", str(admin_config), "-o", "yaml", "memory"])
+    assert r.exit_code == 0 and yaml.safe_load(r.output)[0]["node"] == node.address
+
+
+def test_json_and_yaml_records_are_plain(admin_config: Path, node: Node) -> None:
+    """ISO 8601 times, no protobuf presence flags: has_exit_code becomes exit_code null."""
+    records = {r["id"]: r for r in json.loads(osctl(admin_config, "services", "-o", "json").output)}
+    assert all(not key.startswith("has_") for r in records.values() for key in r)
+    assert records["sleeper"]["exit_code"] is None and records["once"]["exit_code"] == 0
+    since = datetime.fromisoformat(records["sleeper"]["since"].replace("Z", "+00:00"))
+    assert since.tzinfo is not None and abs((datetime.now(UTC) - since).total_seconds()) < 3600
+    as_yaml = {r["id"]: r for r in yaml.safe_load(osctl(admin_config, "services", "-o", "yaml").output)}
+    assert as_yaml == records
