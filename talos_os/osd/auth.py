@@ -17,9 +17,10 @@ import contextlib
 import contextvars
 import functools
 import ipaddress
+import logging
 import socket
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -30,7 +31,10 @@ from cryptography.x509.oid import NameOID
 from talos_os import pki
 from talos_os.config import MachineConfig
 
+log = logging.getLogger(__name__)
+
 SERVICE = "talos.os.v1.Node"
+_SHOWN = 200  # characters of an unexpected error's text passed on
 ADMIN = frozenset({pki.ROLE_ADMIN})
 ANYONE = frozenset({pki.ROLE_ADMIN, pki.ROLE_READER})
 
@@ -210,6 +214,16 @@ class Authorizer:
         return caller
 
 
+def _internal(context: grpc.ServicerContext, method: str, exc: Exception) -> NoReturn:
+    """Re-raise an abort; end any other failure as INTERNAL with one short line (never UNKNOWN)."""
+    if context.code() not in (None, grpc.StatusCode.OK):
+        raise exc  # context.abort already set the status
+    text = str(exc) or type(exc).__name__
+    text = text if len(text) <= _SHOWN else text[:_SHOWN] + "..."
+    log.error("%s failed: %s: %s", method, type(exc).__name__, text)
+    abort(context, grpc.StatusCode.INTERNAL, f"{method} failed on the node: {text}")
+
+
 def _method_name(full: str) -> tuple[str, str]:
     """``/talos.os.v1.Node/Version`` -> (``talos.os.v1.Node``, ``Version``)."""
     service, _, method = full.lstrip("/").rpartition("/")
@@ -220,7 +234,8 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Runs :meth:`Authorizer.authorize` before every method of the node service.
 
     The method sees its caller through :func:`current_caller` while it runs (a streaming method:
-    while it makes its iterator, not while the iterator runs).
+    until its stream ends). A failure that is not a deliberate abort ends the call as INTERNAL with
+    a short message, never as grpc's UNKNOWN with a traceback in the log.
     """
 
     def __init__(self, authorizer: Authorizer) -> None:
@@ -244,6 +259,21 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 token = _CALLER.set(authorize(context, method))
                 try:
                     return behavior(request, context)
+                except Exception as exc:
+                    _internal(context, method, exc)
+                finally:
+                    _CALLER.reset(token)
+
+            return guarded
+
+        def guard_stream(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
+            def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                # grpc runs the whole stream on one worker thread: the caller stays set until it ends.
+                token = _CALLER.set(authorize(context, method))
+                try:
+                    yield from behavior(request, context)
+                except Exception as exc:
+                    _internal(context, method, exc)
                 finally:
                     _CALLER.reset(token)
 
@@ -256,7 +286,7 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), **kw)
         if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), **kw)
+            return grpc.unary_stream_rpc_method_handler(guard_stream(handler.unary_stream), **kw)
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(guard(handler.stream_unary), **kw)
         return grpc.stream_stream_rpc_method_handler(guard(handler.stream_stream), **kw)

@@ -8,6 +8,7 @@ kernel log, files) it reads as root from /proc, /sys, netlink and the file syste
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -24,7 +25,7 @@ from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
 from talos_os.init import control
-from talos_os.osd import kmsg, node, transfer
+from talos_os.osd import kmsg, node, opener, transfer
 from talos_os.osd.auth import (
     AuthInterceptor,
     Authorizer,
@@ -56,14 +57,22 @@ class Settings:
     kubeconfig: Path = DEFAULT_KUBECONFIG
     cgroup_prefix: str = "/talos"  # the services' cgroups as /proc/PID/cgroup names them
     secret_paths: tuple[Path, ...] = field(default_factory=tuple)  # e.g. the machine config
+    reader_trees: tuple[str, ...] = transfer.READER_TREES  # where an os:reader may Read files
+    reader_id: int = opener.READER_ID  # the uid and gid that open files for readers
     machine_config: MachineConfig | None = None  # makes an admin kubeconfig before bootstrap
 
 
 _TRANSFER_CODES = {
     "not_found": grpc.StatusCode.NOT_FOUND,
     "invalid": grpc.StatusCode.FAILED_PRECONDITION,
+    "bad_path": grpc.StatusCode.INVALID_ARGUMENT,
+    "denied": grpc.StatusCode.PERMISSION_DENIED,
     "failed": grpc.StatusCode.INTERNAL,
 }
+#: Trailing metadata of a CopyOut that left entries out: how many, and the first of them (a JSON list).
+SKIPPED_COUNT = "osd-skipped-count"
+SKIPPED_PATHS = "osd-skipped-paths"
+SKIPPED_SHOWN = 10
 
 
 class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
@@ -71,6 +80,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.opener = opener.Opener(settings.reader_id, settings.reader_id)
 
     # --- the init --------------------------------------------------------------------------------
 
@@ -313,18 +323,46 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
 
     def CopyOut(self, request: pb.CopyOutRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
         caller = current_caller()
-        log.info("copy out %s by %s", request.path, caller.name)
-        return self._stream(context, lambda: transfer.tar_stream(request.path, context.is_active))
+        path = request.path
+        log.info("copy out %s by %s", transfer.shown(path), caller.name)
+        skipped: list[str] = []
+        yield from self._stream(context, lambda: transfer.tar_stream(path, context.is_active, skipped))
+        if skipped:
+            log.warning("copy out %s left out %d entries", transfer.shown(path), len(skipped))
+            # A header value is printable ASCII: a JSON list with escapes is one.
+            shown = json.dumps([transfer.shown(p) for p in skipped[:SKIPPED_SHOWN]])
+            context.set_trailing_metadata(((SKIPPED_COUNT, str(len(skipped))), (SKIPPED_PATHS, shown)))
 
     def Read(self, request: pb.ReadRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
         caller = current_caller()
-        if not caller.is_admin and transfer.is_secret(request.path, self.settings.secret_paths):
+        path = request.path
+        if caller.is_admin:
+            return self._stream(context, lambda: transfer.read_file(path, context.is_active))
+        try:
+            secret = "\0" not in path and transfer.is_secret(path, self.settings.secret_paths)
+        except OSError:  # a path too long to resolve: the confined read says what is wrong
+            secret = False
+        if secret:
             abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"{request.path} holds secrets (or is not world-readable): reading it needs {pki.ROLE_ADMIN}",
+                f"{transfer.shown(path)} holds secrets (or is not world-readable): reading it needs "
+                f"{pki.ROLE_ADMIN}",
             )
-        return self._stream(context, lambda: transfer.read_file(request.path, context.is_active))
+
+        def confined() -> Iterator[bytes]:
+            try:
+                return transfer.read_as_reader(
+                    path, self.settings.reader_trees, self.opener, context.is_active
+                )
+            except transfer.TransferError as exc:
+                if exc.kind == "denied":
+                    raise transfer.TransferError(
+                        "denied", f"{exc}: reading it needs {pki.ROLE_ADMIN}"
+                    ) from None
+                raise
+
+        return self._stream(context, confined)
 
 
 class Osd:
@@ -347,6 +385,7 @@ class Osd:
         self.port = port
         self.max_workers = max_workers
         self._server: grpc.Server | None = None
+        self._servicer: NodeServicer | None = None
 
     def start(self) -> int:
         """Listen, serve, and prove TLS 1.2 is refused; the bound port (useful with port 0)."""
@@ -356,7 +395,8 @@ class Osd:
             options=[("grpc.so_reuseport", 0)],  # a second osd on the same port must fail, not share it
             maximum_concurrent_rpcs=self.max_workers * 4,
         )
-        pb_grpc.add_NodeServicer_to_server(NodeServicer(self.settings), server)
+        self._servicer = NodeServicer(self.settings)
+        pb_grpc.add_NodeServicer_to_server(self._servicer, server)
         creds = server_credentials(self.identity, self.ca_pem)
         bound = _bind(server, creds, self.address, self.port)
         if not bound:
@@ -397,6 +437,8 @@ class Osd:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+        if self._servicer is not None:
+            self._servicer.opener.close()
 
     def wait(self) -> None:
         if self._server is not None:

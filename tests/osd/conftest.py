@@ -8,6 +8,8 @@ Only the machine's power is fake: reboot/shutdown/reset handlers record the requ
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -42,6 +44,9 @@ def node(
     writable_cgroup2: Path | None,
 ) -> Iterator[Node]:
     root = tmp_path_factory.mktemp("node")
+    # What readers may read: outside pytest's own temp dir, which only root can enter.
+    public = Path(tempfile.mkdtemp(prefix="talos-osd-public-"))
+    public.chmod(0o755)
     trigger = root / "trigger"
     trigger.write_text("0")
     config_path = root / "run" / "config.yaml"
@@ -75,11 +80,14 @@ def node(
         kubeconfig=root / "etc" / "kubernetes" / "admin.conf",
         cgroup_prefix=f"/{cgroup_root.relative_to(mount)}" if cgroup_root is not None and mount else "/talos",
         secret_paths=(config_path,),
+        reader_trees=("/proc", "/sys", str(public)),
     )
     identity, _source = server_identity(cluster.config, node_info.addresses(), "osd-test-node")
     osd = Osd(identity, cluster.ca.cert_pem, settings, address="127.0.0.1", port=0)
     osd.start()
-    n = Node(root, osd, sup, control, settings, trigger, actions, cgroups=cgroup_root is not None)
+    n = Node(
+        root, osd, sup, control, settings, trigger, actions, cgroups=cgroup_root is not None, public=public
+    )
     n.wait_log_lines("ticker", 1)
     try:
         yield n
@@ -89,3 +97,4 @@ def node(
         sup.shutdown(timeout=2)
         if sup.cgroups is not None:
             remove_groups(sup.cgroups)
+        shutil.rmtree(public, ignore_errors=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 
 from talos_os import pki, talosconfig
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
@@ -54,6 +55,7 @@ class Node:
     actions: list[str] = field(default_factory=list)
     cgroups: bool = False
     ticks: int = 0
+    public: Path = Path("/nonexistent")  # a world-readable tree among the reader's trees
 
     @property
     def port(self) -> int:
@@ -89,6 +91,16 @@ class Node:
         while buf.cursor < count:
             assert time.monotonic() < deadline, f"{service} logged {buf.cursor} lines, expected {count}"
             buf.wait_for_more(buf.cursor, 0.5)
+
+
+def rpc_error(call: object) -> grpc.RpcError:
+    """The error ``call()`` raises (an iterator it returns is drained first)."""
+    with pytest.raises(grpc.RpcError) as info:
+        if callable(call):
+            result = call()
+            if isinstance(result, Iterator):
+                list(result)
+    return info.value
 
 
 def remove_groups(tree: CgroupTree) -> None:

@@ -9,12 +9,12 @@ import stat
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
-from osdenv import KMSG_RECORDS, Cluster, Node, T, connect
+from osdenv import KMSG_RECORDS, Cluster, Node, T, connect, rpc_error
 
 from talos_os import __version__, pki
 from talos_os.api.gen import node_pb2 as pb
@@ -22,15 +22,6 @@ from talos_os.init.supervisor import State
 from talos_os.osd.server import Osd, Settings
 
 E = pb.Empty()
-
-
-def rpc_error(call: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        if callable(call):
-            result = call()
-            if isinstance(result, Iterator):
-                list(result)
-    return info.value
 
 
 def test_version(node: Node, cluster: Cluster) -> None:
@@ -338,23 +329,27 @@ def _read(stub: object, path: str | Path) -> bytes:
 
 
 def test_read_and_secrets(node: Node, cluster: Cluster, tmp_path: Path) -> None:
-    public = tmp_path / "public.txt"
+    public = node.public / "public.txt"
     public.write_bytes(b"x" * 200_000)
     public.chmod(0o644)
-    private = tmp_path / "private.key"
+    private = node.public / "private.key"
     private.write_text("secret\n")
     private.chmod(0o600)
-    laundered = tmp_path / "innocent"
+    laundered = node.public / "innocent"
     laundered.symlink_to(private)
+    outside = tmp_path / "outside.txt"  # world-readable, but not under a reader tree
+    outside.write_text("outside\n")
+    outside.chmod(0o644)
     config = node.settings.secret_paths[0]
     with connect(node, cluster.client(pki.ROLE_READER)) as stub:
         assert _read(stub, public) == public.read_bytes()
         assert _read(stub, "/proc/self/status").startswith(b"Name:")
-        for path in (private, laundered, config):
+        for path in (private, laundered, config, outside):
             err = rpc_error(lambda p=path: _read(stub, p))
             assert err.code() == grpc.StatusCode.PERMISSION_DENIED and "needs os:admin" in err.details()
     with connect(node, cluster.client()) as stub:
         assert _read(stub, private) == b"secret\n"
+        assert _read(stub, outside) == b"outside\n"
         assert _read(stub, config).decode() == cluster.config_text
         directory = rpc_error(lambda: _read(stub, tmp_path))
         assert directory.code() == grpc.StatusCode.FAILED_PRECONDITION and "osctl cp" in directory.details()
