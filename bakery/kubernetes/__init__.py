@@ -1,0 +1,1 @@
+"""The Kubernetes payload: one multi-call binary built from Go modules, and the OCI images around it."""

@@ -1,0 +1,73 @@
+"""The ``kubeadm`` service of an init node: bootstrap the control plane once, idempotently.
+
+Runs as a one-shot under the init's supervisor (``python -m talos_os.kubernetes.bootstrap``), so
+its output is ``osctl logs kubeadm`` and a failure is retried with backoff, never a reboot.
+
+- Bootstrapped before (the stamp on /var exists): nothing to do; the kubelet runs the static pods
+  kubeadm wrote, and etcd keeps its data on /var.
+- A bootstrap that did not finish (a crash, a power cut, a failed attempt) left files kubeadm's
+  preflight refuses: ``kubeadm reset`` clears them first. Nothing is lost: no cluster existed yet.
+- Then the CA files, the kubelet's serving certificate, the audit policy, the encryption config
+  and kubeadm's configuration are written from the machine config, and ``kubeadm init`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from talos_os.config import load
+from talos_os.kubernetes import kubeadm
+from talos_os.kubernetes.node import write_files
+
+STAMP = Path("/var/lib/talos/kubernetes/bootstrapped")
+KUBEADM = "/usr/bin/kubeadm"
+LEFTOVERS = (Path("/etc/kubernetes/manifests/kube-apiserver.yaml"), Path("/var/lib/etcd/member"))
+
+
+def say(message: str) -> None:
+    print(f"[bootstrap] {message}", flush=True)
+
+
+def run(argv: list[str]) -> int:
+    say("running " + " ".join(argv))
+    return subprocess.run(argv, check=False).returncode
+
+
+def bootstrap(config_path: Path, facts: kubeadm.NodeFacts, root: Path = Path("/")) -> int:
+    """Exit status for the supervisor: 0 once the control plane is (or already was) bootstrapped."""
+    stamp = root / str(STAMP).lstrip("/")
+    if stamp.exists():
+        say(f"already bootstrapped ({stamp.read_text().strip()}); the kubelet runs the control plane")
+        return 0
+    cfg = load(config_path)
+    if any((root / str(p).lstrip("/")).exists() for p in LEFTOVERS):
+        say("an earlier bootstrap did not finish: kubeadm reset first")
+        if run([KUBEADM, "reset", "--force", "--cri-socket", kubeadm.CRI_SOCKET]) != 0:
+            return 1
+    write_files(kubeadm.control_plane_files(cfg, facts), root)
+    started = time.monotonic()
+    code = run([KUBEADM, "init", "--config", str(kubeadm.CONFIG_PATH), "--skip-token-print", "--v=1"])
+    if code != 0:
+        say(f"kubeadm init failed with {code}; the init retries with backoff")
+        return code
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    say(f"control plane bootstrapped in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Bootstrap this init node's control plane with kubeadm.")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--hostname", required=True)
+    parser.add_argument("--address", required=True)
+    args = parser.parse_args(argv)
+    return bootstrap(args.config, kubeadm.NodeFacts(args.hostname, args.address))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

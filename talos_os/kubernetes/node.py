@@ -1,0 +1,91 @@
+"""What a node does for Kubernetes before its services start: kernel knobs, mounts, directories
+and containerd's configuration. Side effects go through the callables the init passes in, so the
+host tests run it against a temporary root.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from talos_os import pki
+from talos_os.config import MachineConfig
+from talos_os.kubernetes import containerd, kubeadm
+
+# Pod networking needs forwarding and bridged traffic seen by iptables; the rest are the values the
+# kubelet checks with protectKernelDefaults (CIS 4.2.6) and refuses to start without.
+SYSCTLS: dict[str, str] = {
+    "net.ipv4.ip_forward": "1",
+    "net.ipv6.conf.all.forwarding": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+    "vm.overcommit_memory": "1",
+    "vm.panic_on_oom": "0",
+    "kernel.panic": "10",
+    "kernel.panic_on_oops": "1",
+    "kernel.keys.root_maxkeys": "1000000",
+    "kernel.keys.root_maxbytes": "25000000",
+}
+STATE_DIRS: dict[str, int] = {
+    "var/lib/kubelet": 0o700,
+    "var/lib/containerd": 0o711,
+    "var/lib/etcd": 0o700,
+    "var/log/pods": 0o755,
+    "var/log/containers": 0o755,
+    "etc/kubernetes/manifests": 0o755,
+    "etc/cni/net.d": 0o755,
+}
+KUBELET_DIR = "/var/lib/kubelet"
+
+
+@dataclass(frozen=True)
+class Effects:
+    """The node's side effects: sysctl writes and mounts."""
+
+    write_sysctls: Callable[[dict[str, str]], list[str]]
+    make_shared: Callable[[str, bool], None]  # (path, bind onto itself first)
+
+
+def prepare(cfg: MachineConfig, effects: Effects, root: Path = Path("/")) -> list[str]:
+    """Sysctls, shared mount propagation for the kubelet, state directories on /var and containerd's
+    files; returns the sysctls this kernel lacks."""
+    absent = effects.write_sysctls(SYSCTLS)
+    for rel, mode in STATE_DIRS.items():
+        path = root / rel
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, mode)
+    effects.make_shared("/", False)  # containers' mounts (volumes, bidirectional) propagate to the host
+    effects.make_shared(KUBELET_DIR, True)
+    write_containerd_files(cfg, root)
+    return absent
+
+
+def write_containerd_files(cfg: MachineConfig, root: Path = Path("/")) -> list[Path]:
+    """config.toml and one hosts.toml per mirrored registry, fresh from the config at every boot."""
+    base = root / str(containerd.CONFIG_DIR).lstrip("/")
+    base.mkdir(parents=True, exist_ok=True, mode=0o755)
+    files = {containerd.CONFIG_PATH: containerd.config_toml()}
+    files.update(
+        containerd.hosts_files({k: list(v) for k, v in cfg.cluster.kubernetes.registry_mirrors.items()})
+    )
+    written = []
+    for path, text in files.items():
+        target = root / str(path).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        pki.write_public(target, text.encode())
+        written.append(target)
+    return written
+
+
+def write_files(files: list[kubeadm.File], root: Path = Path("/")) -> None:
+    """Write rendered files atomically with their modes (secrets 0600)."""
+    for f in files:
+        target = root / str(f.path).lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if f.mode & 0o077:
+            pki.write_public(target, f.content)
+            os.chmod(target, f.mode)
+        else:
+            pki.write_secret(target, f.content)

@@ -1,0 +1,3 @@
+module talos-os/tests/hello
+
+go 1.26
