@@ -21,9 +21,10 @@ from urllib.parse import urlsplit
 import yaml
 
 from talos_os import pki
+from talos_os.kubernetes import versions
 from talos_os.talosconfig import Context, TalosConfig
 
-DEFAULT_KUBERNETES_VERSION = "v1.30.2"
+DEFAULT_KUBERNETES_VERSION = versions.KUBERNETES
 DEFAULT_INSTALL_DISK = "/dev/sda"
 DEFAULT_DNS_DOMAIN = "cluster.local"
 DEFAULT_POD_SUBNETS = ("10.244.0.0/16",)

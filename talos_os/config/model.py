@@ -63,13 +63,15 @@ from talos_os.config.types import (
     load_certificate,
     load_private_key,
 )
+from talos_os.kubernetes import versions
 
 Loc = tuple[int | str, ...]
 
-DEFAULT_KUBERNETES_VERSION = "v1.30.2"
-DEFAULT_ETCD_IMAGE = "registry.k8s.io/etcd:3.5.12-0"
-DEFAULT_COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.11.1"
-DEFAULT_PAUSE_IMAGE = "registry.k8s.io/pause:3.9"
+# The Kubernetes this release bakes into its images: a node has no other to run.
+DEFAULT_KUBERNETES_VERSION = versions.KUBERNETES
+DEFAULT_ETCD_IMAGE = f"{versions.REGISTRY}/etcd:{versions.ETCD}"
+DEFAULT_COREDNS_IMAGE = f"{versions.REGISTRY}/coredns/coredns:{versions.COREDNS}"
+DEFAULT_PAUSE_IMAGE = versions.pause_image()
 
 
 class MachineType(StrEnum):
@@ -310,6 +312,10 @@ class ControlPlane(_Model):
     endpoint: HttpsEndpoint
 
 
+NODE_CIDR_MASK = {4: 24, 6: 64}  # the controller manager's --node-cidr-mask-size defaults
+SERVICE_MIN_PREFIX = {4: 12, 6: 108}  # kube-apiserver refuses a service range with more than 2^20 addresses
+
+
 class ClusterNetwork(_Model):
     """Cluster DNS domain and the pod and service address ranges (which must not overlap)."""
 
@@ -320,6 +326,22 @@ class ClusterNetwork(_Model):
     @model_validator(mode="after")
     def _no_overlap(self) -> Self:
         problems = _Problems("ClusterNetwork")
+        for index, pod in enumerate(self.pod_subnets):
+            most = NODE_CIDR_MASK[pod.version]
+            if pod.prefixlen > most:
+                problems.add(
+                    ("podSubnets", index),
+                    f"expected a range of /{most} or larger (each node takes a /{most} of it), got {pod}",
+                    str(pod),
+                )
+        for index, service in enumerate(self.service_subnets):
+            least = SERVICE_MIN_PREFIX[service.version]
+            if service.prefixlen < least:
+                problems.add(
+                    ("serviceSubnets", index),
+                    f"expected a range of /{least} or smaller (the API server refuses larger ones), got {service}",
+                    str(service),
+                )
         for index, service in enumerate(self.service_subnets):
             for pod_index, pod in enumerate(self.pod_subnets):
                 if service.version == pod.version and service.overlaps(pod):
@@ -377,6 +399,18 @@ class Kubernetes(_Model):
     registry_mirrors: dict[RegistryHost, Annotated[list[HttpURL], Field(min_length=1)]] = {}
     cert_sans: list[SubjectAltName] = Field(default=[], alias="certSANs")
     extra_args: ExtraArgs = ExtraArgs()
+
+    @model_validator(mode="after")
+    def _baked_version(self) -> Self:
+        if self.version != versions.KUBERNETES:
+            problems = _Problems("Kubernetes")
+            problems.add(
+                ("version",),
+                f"expected {versions.KUBERNETES} (the Kubernetes this talos-os release carries), got {self.version}",
+                self.version,
+            )
+            problems.raise_any()
+        return self
 
     @property
     def effective_images(self) -> EffectiveImages:
@@ -451,8 +485,11 @@ class MachineConfig(_Model):
         try:
             result = handler(data)
         except ValidationError as exc:
-            for error in exc.errors():
-                message = message_for(error, _allowed_keys(cls, error["loc"][:-1]))
+            for index, error in enumerate(exc.errors()):
+                # Suggestions (difflib) only for the errors anyone will read: a document of
+                # thousands of unknown keys must not cost seconds.
+                allowed = _allowed_keys(cls, error["loc"][:-1]) if index < _SUGGESTED else None
+                message = message_for(error, allowed)
                 errors.append(
                     InitErrorDetails(
                         type=invalid(message, error["type"]), loc=error["loc"], input=error["input"]
@@ -543,6 +580,9 @@ def _mode_problems(data: object, mode: object) -> Iterator[tuple[Loc, str]]:
         return
     if _child(install, ("disk", "disk")) is _ABSENT:
         yield ("machine", "install", "disk"), "missing install disk, which metal mode requires"
+
+
+_SUGGESTED = 100  # errors that get "did you mean" suggestions
 
 
 def _allowed_keys(root: type[BaseModel], loc: Loc) -> list[str] | None:

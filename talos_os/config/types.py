@@ -147,7 +147,7 @@ def _ifname(value: object) -> str:
     return text
 
 
-_K8S_VERSION_EXPECTED = "a Kubernetes version vMAJOR.MINOR.PATCH like v1.30.2"
+_K8S_VERSION_EXPECTED = "a Kubernetes version vMAJOR.MINOR.PATCH like v1.36.3"
 
 
 def _k8s_version(value: object) -> str:
@@ -158,7 +158,7 @@ def _k8s_version(value: object) -> str:
 
 
 _IMAGE_EXPECTED = (
-    "an image reference with a tag or digest like registry.k8s.io/kube-apiserver:v1.30.2 "
+    "an image reference with a tag or digest like registry.k8s.io/kube-apiserver:v1.36.3 "
     "or registry/repo@sha256:<64 hex digits>"
 )
 
@@ -487,7 +487,7 @@ def load_private_key(b64: str) -> PrivateKeyTypes:
 def _certificate(value: object) -> str:
     text, pem = _pem_of(value, "certificate", b"-----BEGIN CERTIFICATE-----")
     try:
-        _parse_certificate(pem)
+        _parse_certificate(pem).public_key()  # the key is parsed lazily: an unknown key type fails here
     except Exception as exc:  # cryptography raises several types for malformed input
         _fail("base64 of a PEM certificate", value, secret=True, hint=f" that does not parse ({exc})")
     return text

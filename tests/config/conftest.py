@@ -168,8 +168,8 @@ def controlplane_template(pki: PKI) -> dict[str, Any]:
             "frontProxyCA": pki.front_proxy_ca.as_dict(),
             "etcdCA": pki.etcd_ca.as_dict(),
             "kubernetes": {
-                "version": "v1.30.2",
-                "images": {"kubelet": "ghcr.io/siderolabs/kubelet:v1.30.2"},
+                "version": "v1.36.3",
+                "images": {"kubelet": "ghcr.io/siderolabs/kubelet:v1.36.3"},
                 "registryMirrors": {"docker.io": ["https://mirror.local:5000"]},
                 "certSANs": ["k8s.example.com"],
                 "extraArgs": {"kubelet": {"node-ip": "10.5.0.3"}, "apiServer": {"feature-gates": "Foo=true"}},

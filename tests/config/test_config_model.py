@@ -94,23 +94,61 @@ def test_minimal_config_defaults(worker: dict[str, Any]) -> None:
     assert config.machine.network is None and config.machine.files == [] and config.machine.env == {}
     assert config.cluster.network.dns_domain == "cluster.local"
     assert [str(n) for n in config.cluster.network.service_subnets] == ["10.96.0.0/12"]
-    assert config.cluster.kubernetes.version == "v1.30.2"
+    assert config.cluster.kubernetes.version == "v1.36.3"
     assert loads(dump(config)) == config
     assert yaml.safe_load(dump(config)) == minimal  # only what was given, no defaults
 
 
 def test_effective_images(controlplane: dict[str, Any]) -> None:
-    controlplane["cluster"]["kubernetes"]["version"] = "v1.31.1"
     controlplane["cluster"]["kubernetes"]["images"] = {"etcd": "registry.local:5000/etcd:3.5.15-0"}
     images = _load(controlplane).cluster.kubernetes.effective_images
-    assert images.api_server == "registry.k8s.io/kube-apiserver:v1.31.1"
-    assert images.controller_manager == "registry.k8s.io/kube-controller-manager:v1.31.1"
-    assert images.scheduler == "registry.k8s.io/kube-scheduler:v1.31.1"
-    assert images.proxy == "registry.k8s.io/kube-proxy:v1.31.1"
-    assert images.kubelet == "ghcr.io/siderolabs/kubelet:v1.31.1"
+    assert images.api_server == "registry.k8s.io/kube-apiserver:v1.36.3"
+    assert images.controller_manager == "registry.k8s.io/kube-controller-manager:v1.36.3"
+    assert images.scheduler == "registry.k8s.io/kube-scheduler:v1.36.3"
+    assert images.proxy == "registry.k8s.io/kube-proxy:v1.36.3"
     assert images.etcd == "registry.local:5000/etcd:3.5.15-0"
-    assert images.coredns == "registry.k8s.io/coredns/coredns:v1.11.1"
-    assert images.pause == "registry.k8s.io/pause:3.9"
+    assert images.coredns == "registry.k8s.io/coredns/coredns:v1.14.2"
+    assert images.pause == "registry.k8s.io/pause:3.10.2"
+
+
+def test_a_version_other_than_the_baked_one_is_refused(controlplane: dict[str, Any]) -> None:
+    controlplane["cluster"]["kubernetes"]["version"] = "v1.31.1"
+    with pytest.raises(ConfigError) as caught:
+        _load(controlplane)
+    assert str(caught.value).splitlines()[1:] == [
+        "  cluster.kubernetes.version (line 76, column 14): expected v1.36.3 "
+        "(the Kubernetes this talos-os release carries), got v1.31.1"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        (
+            "podSubnets",
+            ["10.244.0.0/25"],
+            "expected a range of /24 or larger (each node takes a /24 of it), got 10.244.0.0/25",
+        ),
+        (
+            "serviceSubnets",
+            ["10.0.0.0/8"],
+            "expected a range of /12 or smaller (the API server refuses larger ones), got 10.0.0.0/8",
+        ),
+        ("serviceSubnets", ["10.244.0.0/20"], "which overlaps podSubnets[0] 10.244.0.0/16"),
+    ],
+)
+def test_unusable_cluster_ranges_are_refused(
+    controlplane: dict[str, Any], section: str, value: list[str], message: str
+) -> None:
+    controlplane["cluster"]["network"] = {
+        "podSubnets": ["10.244.0.0/16"],
+        "serviceSubnets": ["10.96.0.0/12"],
+        section: value,
+    }
+    with pytest.raises(ConfigError) as caught:
+        _load(controlplane)
+    text = str(caught.value)
+    assert f"cluster.network.{section}[0]" in text and message in text, text
 
 
 def test_certificate_accessors(controlplane: dict[str, Any], pki: Any) -> None:
@@ -178,7 +216,7 @@ def test_ipv6_and_odd_but_valid_values(controlplane: dict[str, Any]) -> None:
     controlplane["cluster"]["controlPlane"]["endpoint"] = "https://[fd00::2]:6443"
     controlplane["machine"]["trustd"]["endpoints"] = ["https://api.example.com:50001/"]
     controlplane["cluster"]["kubernetes"]["images"] = {
-        "apiServer": "localhost:5000/kube/apiserver:v1.30.2",
+        "apiServer": "localhost:5000/kube/apiserver:v1.36.3",
         "etcd": "registry.k8s.io/etcd@sha256:" + "a" * 64,
         "pause": "pause:3.9",
         "coredns": "[::1]:5000/coredns:1.0",
