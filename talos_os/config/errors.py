@@ -84,6 +84,8 @@ def describe(value: object) -> str:
     if isinstance(value, float):
         return f"number {value!r}"
     if isinstance(value, str):
+        if "\n" in value.rstrip("\n"):  # a block that swallowed what follows it: keys, maybe secrets
+            return f"a multi-line string of {len(value)} characters (is a key indented wrongly?)"
         if len(value) > _MAX_SHOWN:
             return f"{value[:_MAX_SHOWN]!r}... ({len(value)} characters)"
         return repr(value)

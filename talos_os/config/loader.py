@@ -3,25 +3,38 @@
 Parsing is defensive: the document is composed into YAML nodes first, so that aliases cannot blow up,
 duplicate or non-string keys are caught with their position, and every validation problem can be
 pointed at the line and column of the value it is about.
+
+Its cost is bounded while it parses, not after: libyaml scans (fast, in C), and the composer counts
+nodes and depth as it builds them, so an 8 MiB flow list stops at :data:`MAX_NODES` instead of
+being built first. A value YAML itself cannot read (``!!int abc``, ``2001-02-30``) is an issue with
+its path and position, and no message quotes a secret (:mod:`talos_os.redact`).
 """
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from types import GeneratorType
+from typing import Any, cast
 
 import yaml
 from pydantic import ValidationError
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
 
 from talos_os.config.errors import KEY_MARKER, ConfigError, ConfigIssue, describe, format_path
 from talos_os.config.model import MachineConfig, Mode
+from talos_os.redact import redact
 
 #: Largest accepted document; configs are a few tens of KiB even with every certificate in them.
 MAX_BYTES = 8 * 1024 * 1024
-#: Most YAML nodes after expanding aliases: stops "billion laughs" documents before they are built.
-MAX_NODES = 100_000
+#: Most YAML nodes, counted while composing and again after expanding aliases ("billion laughs"):
+#: a real config has a few hundred; this many cost well under a second to refuse.
+MAX_NODES = 10_000
 #: Deepest nesting of mappings and lists; the real format is about 8 levels deep.
 MAX_DEPTH = 64
+#: Most issues reported for one document; the rest are counted.
+MAX_ISSUES = 50
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -38,8 +51,89 @@ _EMPTY = "config is empty: expected a YAML mapping with version, machine and clu
 Path = tuple[int | str, ...]
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that leaves out non-string keys; they are reported as issues instead."""
+try:  # libyaml scans and parses in C; the pure-Python parser is the fallback (slower, same results)
+    from yaml._yaml import CParser as _Parser
+except ImportError:  # pragma: no cover - every supported PyYAML wheel has libyaml
+
+    class _Parser(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: str) -> None:
+            yaml.reader.Reader.__init__(self, stream)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+
+
+_TAG_KINDS = {
+    "tag:yaml.org,2002:bool": "true or false (it has an explicit !!bool tag)",
+    "tag:yaml.org,2002:int": "an integer YAML can read (an explicit !!int, or more than 4300 digits)",
+    "tag:yaml.org,2002:float": "a number YAML can read (it has an explicit !!float tag)",
+    "tag:yaml.org,2002:timestamp": "a real date or time (quote it to make it a string)",
+    "tag:yaml.org,2002:binary": "base64 data (it has an explicit !!binary tag)",
+}
+
+
+class _Loader(Composer, _Parser, SafeConstructor, Resolver):
+    """libyaml's events, composed here (counting nodes and depth as they come), safely constructed.
+
+    Non-string keys are left out of the data; they are reported as issues instead. A value that
+    cannot be constructed raises :class:`_Reject` naming its path.
+    """
+
+    def __init__(self, stream: str) -> None:
+        _Parser.__init__(self, stream)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self.node_count = 0
+        self.depth = 0
+        self.paths: dict[int, Path] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self.node_count += 1
+        if self.node_count > MAX_NODES:
+            raise _Reject(f"config is too large: more than {MAX_NODES} values", position=self._here())
+        if self.depth >= MAX_DEPTH:
+            raise _Reject(
+                f"config is nested too deeply (more than {MAX_DEPTH} levels)", position=self._here()
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _here(self) -> tuple[int | None, int | None]:
+        event = self.peek_event()
+        return _position(event.start_mark if event is not None else None)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        pending = len(self.state_generators)
+        try:
+            data = super().construct_object(node, deep=deep)
+        except _Reject:
+            raise
+        except Exception as exc:
+            raise self._failure(node, exc) from None
+        # Collections are filled in later by generators: their failures must name this node too.
+        self.state_generators[pending:] = [
+            cast("GeneratorType[Any, Any, Any]", self._guarded(g, node))
+            for g in self.state_generators[pending:]
+        ]
+        return data
+
+    def _guarded(self, generator: Generator[Any, None, None], node: yaml.Node) -> Generator[Any, None, None]:
+        try:
+            yield from generator
+        except _Reject:
+            raise
+        except Exception as exc:
+            raise self._failure(node, exc) from None
+
+    def _failure(self, node: yaml.Node, exc: Exception) -> "_Reject":
+        path = self.paths.get(id(node), ())
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            return _Reject(f"invalid YAML: {exc.problem}", node, path=path)
+        # The tag's constructor choked on the text: int('abc'), date(2001, 2, 30), a 5,000-digit number.
+        return _Reject(f"expected {_TAG_KINDS.get(node.tag, f'a value of tag {node.tag}')}", node, path=path)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if not isinstance(node, yaml.MappingNode):
@@ -95,13 +189,15 @@ class _Reject(Exception):
         message: str,
         node: yaml.Node | None = None,
         position: tuple[int | None, int | None] = (None, None),
+        path: Path = (),
     ) -> None:
         super().__init__(message)
         line, column = _position(node.start_mark) if node is not None else position
-        self.issue = ConfigIssue("", message, line, column)
+        self.issue = ConfigIssue(format_path(path), message, line, column)
 
 
-def _position(mark: yaml.Mark | None) -> tuple[int | None, int | None]:
+def _position(mark: Any) -> tuple[int | None, int | None]:
+    """1-based line and column of a mark (PyYAML's or libyaml's), or (None, None)."""
     return (None, None) if mark is None else (mark.line + 1, mark.column + 1)
 
 
@@ -115,7 +211,8 @@ def loads(data: str | bytes, *, mode: Mode | None = None) -> MachineConfig:
     except ConfigError:
         raise
     except Exception as exc:  # pragma: no cover - a bug here must still not surface as a traceback
-        raise ConfigError([ConfigIssue("", f"internal error while reading the config: {exc!r}")]) from exc
+        message = f"internal error while reading the config: {type(exc).__name__}"
+        raise ConfigError([ConfigIssue("", message)]) from exc
 
 
 def load(path: str | os.PathLike[str], *, mode: Mode | None = None) -> MachineConfig:
@@ -156,15 +253,17 @@ def _loads(data: str | bytes, mode: Mode | None) -> MachineConfig:
             root = _compose(loader)
             _check_size(root)
             issues = list(_key_issues(root))
+            loader.paths = _node_paths(root)
             raw = loader.construct_document(root)
         finally:
             loader.dispose()
     except _Reject as exc:
-        raise ConfigError([exc.issue]) from None
+        raise ConfigError([_redacted(exc.issue, [])]) from None
     except yaml.MarkedYAMLError as exc:
-        raise ConfigError([_yaml_issue(exc)]) from None
+        raise ConfigError([_redacted(_yaml_issue(exc, text), [])]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([_reader_issue(exc, text)]) from None
+    secrets = _secret_values(raw)
 
     if raw is None:
         raise ConfigError([ConfigIssue("", _EMPTY)])
@@ -180,8 +279,61 @@ def _loads(data: str | bytes, mode: Mode | None) -> MachineConfig:
     except ValidationError as exc:
         issues.extend(_issues_from(exc, marks))
     if issues:
-        raise ConfigError(_sorted_unique(issues))
+        raise ConfigError([_redacted(i, secrets) for i in _capped(_sorted_unique(issues))])
     return config
+
+
+def _redacted(issue: ConfigIssue, secrets: list[str]) -> ConfigIssue:
+    """The issue with no secret in its message (a block scalar can swallow a token into a value)."""
+    message = redact(issue.message, secrets)
+    return issue if message == issue.message else ConfigIssue(issue.path, message, issue.line, issue.column)
+
+
+def _capped(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    if len(issues) <= MAX_ISSUES:
+        return issues
+    rest = len(issues) - MAX_ISSUES
+    return [*issues[:MAX_ISSUES], ConfigIssue("", f"... and {rest} more problem{'' if rest == 1 else 's'}")]
+
+
+_SECRET_KEYS = ("key", "token", "secret", "password")
+
+
+def _secret_values(data: Any) -> list[str]:
+    """Every string under a key that names a secret (``key``, ``token``, ``aescbcEncryptionSecret``...)."""
+    found: list[str] = []
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        value, secret = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(
+                (v, secret or (isinstance(k, str) and any(n in k.lower() for n in _SECRET_KEYS)))
+                for k, v in value.items()
+            )
+        elif isinstance(value, list):
+            stack.extend((v, secret) for v in value)
+        elif secret and isinstance(value, str):
+            found.append(value)
+    return found
+
+
+def _node_paths(root: yaml.Node) -> dict[int, Path]:
+    """The path of every node (the first one, for a node reached through aliases), before merges."""
+    paths: dict[int, Path] = {}
+    stack: list[tuple[yaml.Node, Path]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in paths:
+            continue
+        paths[id(node)] = path
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((item, (*path, index)) for index, item in enumerate(node.value))
+        elif isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                stack.append((key, path))
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+                stack.append((value, (*path, name)))
+    return paths
 
 
 def _decode(data: str | bytes) -> str:
@@ -339,12 +491,23 @@ def _sorted_unique(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return sorted(unique, key=lambda i: (i.line is None, i.line or 0, i.column or 0))
 
 
-def _yaml_issue(exc: yaml.MarkedYAMLError) -> ConfigIssue:
+def _yaml_issue(exc: yaml.MarkedYAMLError, text: str) -> ConfigIssue:
     mark = exc.problem_mark or exc.context_mark
     line, column = _position(mark)
     problem = exc.problem or "invalid YAML"
+    if "maximum nesting depth" in problem:  # libyaml's own limit, met while scanning ahead
+        return ConfigIssue("", f"config is nested too deeply (more than {MAX_DEPTH} levels)", line, column)
+    if "cannot start any token" in problem and _char_at(text, line, column) == "\t":
+        return ConfigIssue("", "invalid YAML: found a tab '\\t' where YAML allows only spaces", line, column)
     context = f" ({exc.context})" if exc.context and exc.problem else ""
     return ConfigIssue("", f"invalid YAML: {problem}{context}", line, column)
+
+
+def _char_at(text: str, line: int | None, column: int | None) -> str:
+    if line is None or column is None:
+        return ""
+    lines = text.split("\n", line)
+    return lines[line - 1][column - 1 : column] if len(lines) >= line else ""
 
 
 def _reader_issue(exc: yaml.YAMLError, text: str) -> ConfigIssue:

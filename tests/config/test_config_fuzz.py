@@ -1,6 +1,13 @@
-"""Property tests: no input makes loads() fail with anything but ConfigError, and dump() round-trips."""
+"""Property tests: no input makes loads() fail with anything but ConfigError, and dump() round-trips.
+
+Every failure is a list of issues, each with a position (or a whole-document problem), and no
+message quotes a secret of the document. ``TALOS_FUZZ_EXAMPLES`` raises the number of examples per
+test for a long run outside the suite (the suite keeps a few hundred).
+"""
 
 import copy
+import os
+import time
 from typing import Any
 
 import yaml
@@ -9,7 +16,12 @@ from hypothesis import strategies as st
 
 from talos_os.config import ConfigError, MachineConfig, dump, loads
 
-FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("TALOS_FUZZ_EXAMPLES", "250"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Issues that are about the whole document and so have no position.
+WHOLE_DOCUMENT = ("config is empty", "config is too large: more than", "config must be text")
+#: Every outcome, for the long run's report (``pytest -s`` prints it at the end of the module).
+OUTCOMES: dict[str, int] = {}
 
 # Keys of the real format, so random documents reach deep into the model and not just its first level.
 KEYS = [
@@ -48,19 +60,34 @@ documents = st.recursive(
 )
 
 
-def _outcome(data: str | bytes) -> None:
-    """loads() either returns a config or raises a ConfigError that is not a disguised crash."""
+def _outcome(data: str | bytes, secrets: tuple[str, ...] = ()) -> None:
+    """loads() returns a config or raises a ConfigError that is not a disguised crash, fast.
+
+    Each issue has a position (unless it is about the whole document) and no message holds one
+    of ``secrets``.
+    """
+    start = time.perf_counter()
     try:
         result = loads(data)
     except ConfigError as error:
+        text = str(error)
         assert error.issues
-        assert "internal error" not in str(error), str(error)
+        assert "internal error" not in text, text
         for issue in error.issues:
             assert issue.message
             assert issue.line is None or issue.line >= 1
             assert issue.column is None or issue.column >= 1
+            assert issue.line is not None or issue.message.startswith(WHOLE_DOCUMENT), issue
+        for secret in secrets:
+            assert secret not in text, f"a secret is quoted: {text}"
+        first = error.issues[0]
+        where = "position" if first.line is not None else "whole document"
+        kind = f"error ({'path and ' if first.path else ''}{where})"
+        OUTCOMES[kind] = OUTCOMES.get(kind, 0) + 1
     else:
         assert isinstance(result, MachineConfig)
+        OUTCOMES["valid"] = OUTCOMES.get("valid", 0) + 1
+    assert time.perf_counter() - start < 1.0, "one input took more than a second"
 
 
 @FUZZ
@@ -111,7 +138,44 @@ def test_mutated_valid_config(controlplane_template: dict[str, Any], data: st.Da
             del parent[path[-1]]
         else:
             parent[path[-1]] = data.draw(documents, label="value")
-    _outcome(yaml.safe_dump(config))
+    _outcome(yaml.safe_dump(config), _secrets(controlplane_template))
+
+
+def _secrets(template: dict[str, Any]) -> tuple[str, ...]:
+    """The template's secret strings: tokens, keys, encryption secrets (and their first 16 characters)."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, secret or any(n in k.lower() for n in ("key", "token", "secret")))
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, secret)
+        elif secret and isinstance(value, str) and len(value) >= 16:
+            found.extend((value, value[-16:]))
+
+    walk(template, False)
+    return tuple(found)
+
+
+@FUZZ
+@given(st.data())
+def test_damaged_valid_config_text(controlplane_template: dict[str, Any], data: st.DataObject) -> None:
+    """Bit flips, cut lines and stray indentation in real config text: what a bad copy does."""
+    text = bytearray(yaml.safe_dump(controlplane_template).encode())
+    for _ in range(data.draw(st.integers(min_value=1, max_value=4), label="damages")):
+        at = data.draw(st.integers(min_value=0, max_value=len(text) - 1), label="at")
+        how = data.draw(st.sampled_from(["flip", "cut", "indent", "block"]), label="how")
+        if how == "flip":
+            text[at] ^= 1 << data.draw(st.integers(min_value=0, max_value=7), label="bit")
+        elif how == "cut":
+            del text[at : at + data.draw(st.integers(min_value=1, max_value=40), label="length")]
+        elif how == "indent":
+            text[at:at] = b"\n  "
+        else:
+            text[at:at] = b": |\n"
+    _outcome(bytes(text), _secrets(controlplane_template))
 
 
 @settings(max_examples=100, deadline=None)
@@ -132,3 +196,8 @@ def test_dump_round_trips(controlplane_template: dict[str, Any], content: str, e
         assert "internal error" not in str(error)
         return
     assert loads(dump(loaded)) == loaded
+
+
+def teardown_module() -> None:
+    if EXAMPLES > 250:
+        print(f"\nfuzz outcomes: {OUTCOMES}")
