@@ -27,6 +27,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -254,7 +255,7 @@ class ControlServer:
         try:
             listener.bind(str(self.path))
             os.chmod(self.path, 0o600)
-            listener.listen(16)
+            listener.listen(socket.SOMAXCONN)  # osd may open one connection per log follower at once
             listener.setblocking(False)
         except OSError:
             listener.close()
@@ -349,12 +350,11 @@ def call(
 ) -> dict[str, Any]:
     """Send one request and return the response object (``{"ok": ..., "result"|"error": ...}``).
 
-    Connection failures raise OSError; errors reported by init come back as ``ok: false``.
+    Connection failures raise OSError; errors reported by init come back as ``ok: false``. A full
+    listen backlog (EAGAIN: the init is accepting, just not fast enough) is retried until ``timeout``.
     """
     req = {"op": op, **kw}
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
+    with _connect(path, timeout) as sock:
         # The server may refuse (and hang up) before reading the request: its reason is still readable.
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(json.dumps(req, separators=(",", ":")).encode() + b"\n")
@@ -366,3 +366,24 @@ def call(
     if not isinstance(resp, dict):
         raise ValueError(f"{path}: malformed response {line[:200]!r}")
     return resp
+
+
+def _connect(path: Path | str, timeout: float) -> socket.socket:
+    """A connected socket; a momentarily full backlog is waited out (with backoff) until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+            return sock
+        except BlockingIOError:  # EAGAIN: the backlog is full right now
+            sock.close()
+            if time.monotonic() + delay > deadline:
+                raise
+        except BaseException:
+            sock.close()
+            raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)

@@ -7,8 +7,10 @@ import os
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,41 @@ def test_dispatch_handler_failure() -> None:
 
     resp = dispatch({"services": boom}, b'{"op": "services"}')
     assert resp == {"ok": False, "error": "services failed: RuntimeError: disk on fire"}
+
+
+def test_a_full_backlog_is_waited_out_not_failed(tmp_path: Path) -> None:
+    """A listener that is slow to accept (backlog 1, first accept after 0.3 s): every caller gets through."""
+    path = tmp_path / "slow.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    callers = 12
+
+    def serve() -> None:
+        time.sleep(0.3)
+        for _ in range(callers):
+            conn, _ = listener.accept()
+            with conn, conn.makefile("rb") as reader:
+                reader.readline()
+                conn.sendall(b'{"ok": true, "result": "pong"}\n')
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    with ThreadPoolExecutor(callers) as pool:
+        results = list(pool.map(lambda _: call(path, "ping", timeout=T), range(callers)))
+    server.join(T)
+    listener.close()
+    assert results == [{"ok": True, "result": "pong"}] * callers
+
+
+def test_many_callers_at_once(server: ControlServer) -> None:
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(lambda _: call(server.path, "services", timeout=T), range(300)))
+    assert all(r["ok"] for r in results) and len(results) == 300
+
+
+def test_an_absent_socket_still_fails_at_once(tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError):
+        call(tmp_path / "none.sock", timeout=T)
+    assert time.monotonic() - start < 1
