@@ -29,7 +29,7 @@ def default_meta_data(user_data: bytes, hostname: str | None = None) -> bytes:
 
 
 def build_cidata(user_data: bytes, meta_data: bytes | None, dest: Path, epoch: int = DEFAULT_EPOCH) -> Path:
-    """Write the seed ISO to ``dest`` (atomically); ``meta_data`` None: :func:`default_meta_data`."""
+    """Write the seed ISO to ``dest`` (atomically, mode 0600); ``meta_data`` None: :func:`default_meta_data`."""
     contents = {
         "user-data": user_data,
         "meta-data": default_meta_data(user_data) if meta_data is None else meta_data,
@@ -40,7 +40,9 @@ def build_cidata(user_data: bytes, meta_data: bytes | None, dest: Path, epoch: i
             for name, data in contents.items():
                 iso.add_fp(io.BytesIO(data), len(data), FILES[name], rr_name=name, joliet_path="/" + name)
             with atomic_path(dest) as tmp:
+                tmp.touch(mode=0o600)  # it carries the machine config's secrets
                 iso.write(str(tmp))
+                tmp.chmod(0o600)
     finally:
         iso.close()
     return dest

@@ -11,14 +11,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.shell_completion import get_completion_class
 
 from bakery.errors import BakeError
 from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
+from bakery.layout import min_disk_size
 from bakery.lock import LOCK_PATH
 from bakery.publish_metal import commands as metal_commands
 from platforms.aws.cli import command as aws_command
 from platforms.kvm.cli import command as kvm_command
 from platforms.xen.cli import command as xen_command
+from talos_os import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLATFORMS = ["aws", "kvm", "xen", "bare-metal"]
@@ -26,22 +29,30 @@ _SIZE = re.compile(r"^(\d+)([KMGT]?)i?B?$", re.IGNORECASE)
 
 
 def parse_size(text: str) -> int:
-    """``2G``, ``1536M``, ``2GiB`` or a byte count -> bytes."""
+    """``2G``, ``1536M``, ``2GiB`` -> bytes; a plain number is MiB, as Packer's disk_size is."""
     m = _SIZE.match(text.strip())
     if not m:
-        raise click.BadParameter(f"{text!r} is not a size: use e.g. 2G or 1536M")
-    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
+        raise click.BadParameter(f"{text!r} is not a size: use e.g. 2G, 1536M or 2048 (MiB)")
+    return int(m.group(1)) << {"": 20, "K": 10, "M": 20, "G": 30, "T": 40}[m.group(2).upper()]
+
+
+def _check_disk_size(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """Refuse an unreadable or too small --disk-size when the command line is parsed, before any bake."""
+    need = min_disk_size()
+    if parse_size(value) < need:
+        raise click.BadParameter(f"{value} is too small for the partitions: use {-(-need >> 20)}M or more")
+    return value
 
 
 def bake_options(func: F) -> F:
     """The options every command that bakes an image takes."""
     options = [
         click.option("--platform", type=click.Choice(PLATFORMS), default="kvm", show_default=True,
-                     help="Platform written into the kernel command line (talos.platform=)."),
+                     help="Platform the image is for (talos.platform= on the kernel command line)."),
         click.option("--config-url", default=None, help="Machine config URL (talos.config=) for the boot entry."),
         click.option("--extra-kernel-args", default="", help="Extra kernel command-line words."),
-        click.option("--disk-size", default=f"{DEFAULT_DISK_SIZE >> 30}G", show_default=True,
-                     help="Size of the disk image (e.g. 2G, 1536M)."),
+        click.option("--disk-size", default=f"{DEFAULT_DISK_SIZE >> 30}G", show_default=True, callback=_check_disk_size,
+                     help="Size of the disk image: 2G, 1536M, or a plain number of MiB (2048)."),
         click.option("--kernel-flavour", type=click.Choice(["cloud", "generic"]), default=None,
                      help="Debian kernel flavour (default: from the recipe, cloud)."),
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("_out"),
@@ -81,12 +92,16 @@ def run_bake(kw: dict[str, Any]) -> BakeResult:
         raise click.ClickException(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Example: talos-bake raw --platform kvm --config-url http://10.0.0.1:8080/worker.yaml",
+)
+@click.version_option(__version__, prog_name="talos-bake")
 def cli() -> None:
-    """Bake talos-os images from the pinned recipes."""
+    """Bake talos-os images from the pinned recipes, and publish them."""
 
 
-@cli.command()
+@cli.command(epilog="Example: talos-bake raw --platform aws --disk-size 4G")
 @bake_options
 def raw(**kw: Any) -> None:
     """Bake a raw GPT disk image that boots under BIOS and UEFI."""
@@ -94,7 +109,7 @@ def raw(**kw: Any) -> None:
     click.echo(str(result.raw))
 
 
-@cli.command()
+@cli.command(epilog="Example: talos-bake qcow2 --platform kvm --out _out")
 @bake_options
 def qcow2(**kw: Any) -> None:
     """Bake the raw image, then convert it to qcow2."""
@@ -104,6 +119,16 @@ def qcow2(**kw: Any) -> None:
     except BakeError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(str(out))
+
+
+@cli.command("completion", epilog='Example: eval "$(talos-bake completion bash)"')
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL."""
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        raise click.ClickException(f"click has no completion for {shell}")
+    click.echo(cls(cli, {}, "talos-bake", "_TALOS_BAKE_COMPLETE").source())
 
 
 cli.add_command(kvm_command())

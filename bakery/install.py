@@ -116,6 +116,11 @@ def inspect_target(path: Path) -> Target:
     try:
         st = os.stat(real)
     except FileNotFoundError:
+        if real == Path("/dev") or Path("/dev") in real.parents:  # a typo'd device, not a file to create
+            raise BakeError(
+                f"{path} does not exist: name an existing disk (`lsblk` lists them); files are only "
+                "created outside /dev"
+            ) from None
         if not real.parent.is_dir():
             raise BakeError(
                 f"{path}: no such disk, and its directory does not exist to create a file"

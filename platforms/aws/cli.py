@@ -16,17 +16,44 @@ import click
 
 from bakery.errors import BakeError
 from bakery.progress import Progress
-from platforms.image_source import image_or_bake, refuse_bake_options, set_bake_platform
+from platforms.image_source import (
+    drop_platform_option,
+    force_platform_option,
+    image_or_bake,
+    preflight_image,
+    set_bake_platform,
+)
 
 PLATFORM = "aws"
+EXAMPLES = """\b
+Examples:
+  talos-bake aws --ami --region eu-west-1 --name talos-0.1.0 --dry-run
+  talos-bake aws --ami --region eu-west-1 --name talos-0.1.0 --image _out/talos-aws.raw
+"""
 
 
 def command() -> click.Command:
     """The ``aws`` click command."""
     from bakery.cli import bake_options, parse_size, run_bake
-    from platforms.aws.publish import METHODS, AmiRequest, plan, publish_ami
+    from platforms.aws.clients import check_credentials, make_session
+    from platforms.aws.publish import METHODS, AmiRequest, check_request, plan, publish_ami, regions
 
-    @click.command(PLATFORM)
+    def preflight(ctx: click.Context, kw: dict[str, Any], request: AmiRequest) -> None:
+        """Everything checkable offline, before a bake or an upload: name, method, regions, the image,
+        and (for a real run) that credentials exist."""
+        check_request(request, need_image=False)
+        session = make_session(request.profile)
+        regions(session, request)
+        if kw["image"] is not None:
+            facts = preflight_image(ctx, kw, PLATFORM)
+            if facts is not None and facts.format != "raw":
+                raise BakeError(
+                    f"--image {kw['image']} is {facts.format}: AWS takes the raw image (qemu-img convert -O raw)"
+                )
+        if not kw["dry_run"]:
+            check_credentials(session)
+
+    @click.command(PLATFORM, epilog=EXAMPLES)
     @click.option("--ami", is_flag=True, help="Publish the image as an EC2 AMI (required: the AWS target).")
     @click.option(
         "--region", default=None, help="Region to publish in (default: AWS_REGION or the profile's)."
@@ -46,8 +73,9 @@ def command() -> click.Command:
         "--image",
         type=click.Path(dir_okay=False, path_type=Path),
         default=None,
-        help="Publish this raw image instead of baking one.",
+        help="Publish this raw talos-os image (baked for aws) instead of baking one.",
     )
+    @force_platform_option()
     @click.option("--profile", default=None, help="AWS profile (default: AWS_PROFILE or the default chain).")
     @click.option(
         "--jobs",
@@ -77,9 +105,9 @@ def command() -> click.Command:
             workers=kw["jobs"],
         )
         try:
+            preflight(ctx, kw, request)
             if kw["dry_run"]:
                 if kw["image"]:
-                    refuse_bake_options(ctx)  # as image_or_bake does for a real run
                     lines = plan(request)
                 else:
                     set_bake_platform(ctx, kw, PLATFORM)  # refuses another --platform as a bake would
@@ -95,7 +123,4 @@ def command() -> click.Command:
             click.echo(f"copy in {region}: {copied}", err=True)
         click.echo(result.image_id)
 
-    for param in aws.params:  # show the default image_or_bake applies
-        if param.name == "platform":
-            param.default = PLATFORM
-    return aws
+    return drop_platform_option(aws, PLATFORM)

@@ -1,12 +1,17 @@
 """``talos-bake kvm``: the qcow2, a libvirt domain XML and the equivalent virt-install line.
 
+Every input is checked first (``preflight``: the network, the --image, the config, the libvirt URI
+and what it must hold), so a mistake costs no bake and no conversion and leaves nothing in --out.
+
 ``command()`` builds the click command when bakery.cli registers it: this module imports
 bakery.cli's ``bake_options`` then, not at import time, because bakery.cli imports this module.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,68 +22,189 @@ from bakery.errors import BakeError
 from bakery.image import BakeResult, to_qcow2
 from bakery.progress import Progress
 from bakery.qemu import kvm_usable
-from platforms.image_source import image_or_bake, is_qcow2
+from platforms.image_source import (
+    drop_platform_option,
+    force_platform_option,
+    image_or_bake,
+    is_qcow2,
+    preflight_image,
+)
 from platforms.kvm import publish
 from platforms.kvm.publish import DomainSpec, Network
 
 PLATFORM = "kvm"
 
 
-def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
-    """Everything the command does after click parsed the options."""
-    progress = Progress()
-    out: Path = kw["out"].resolve()
-    image = image_or_bake(ctx, kw, PLATFORM, bake)
-    if is_qcow2(image):
-        disk = image
-    else:
-        with progress.step("qcow2"):
-            disk = to_qcow2(image, out / (image.stem + ".qcow2"))
+@dataclass
+class Checked:
+    """What preflight established, for the steps after the bake."""
+
+    network: Network
+    virt_type: str
+    config: bytes | None = None
+    conn: Any = None  # an open libvirt connection with --define
+
+
+def _libvirt_network_exists(conn: Any, name: str) -> bool:
+    try:
+        conn.networkLookupByName(name)
+    except Exception:  # libvirt.libvirtError; the module is only imported by publish
+        return False
+    return True
+
+
+def preflight(ctx: click.Context, kw: dict[str, Any], progress: Progress) -> Checked:
+    """Check every input before any bake, conversion or write."""
+    network = Network.parse(kw["network"])
+    out: Path = kw["out"]
+    if out.exists() and not out.is_dir():
+        raise BakeError(f"--out {out} is a file: name a directory")
+    if kw["serial_log"] is not None and not kw["serial_log"].resolve().parent.is_dir():
+        raise BakeError(f"--serial-log {kw['serial_log']}: its directory does not exist; create it first")
+    preflight_image(ctx, kw, PLATFORM)
+    config = None
+    if kw["config"] is not None:
+        from bakery.publish_metal import checked_user_data
+
+        config = checked_user_data(kw["config"], validate=True)
     virt_type = kw["virt_type"]
     if virt_type == "auto":
         virt_type = "kvm" if kvm_usable() else "qemu"
-    spec = DomainSpec(
-        name=kw["name"],
-        disk=disk,
-        memory_mib=kw["memory"],
-        vcpus=kw["vcpus"],
-        firmware=kw["firmware"],
-        network=Network.parse(kw["network"]),
-        serial_log=kw["serial_log"].resolve() if kw["serial_log"] else None,
-        domain_type=virt_type,
-    )
-    xml_path = out / f"{spec.name}.xml"
-    write_atomic(xml_path, publish.domain_xml(spec).encode())
+    checked = Checked(network, virt_type, config)
     if kw["define"]:
-        conn = publish.connect(kw["uri"])
+        checked.conn = publish.connect(kw["uri"])
         try:
-            publish.define(conn, spec, start=kw["start"], force=kw["force"])
-        finally:
+            _check_libvirt(checked.conn, kw, network)
+        except BaseException:
+            checked.conn.close()
+            raise
+    if kw["virt_type"] == "auto":  # the XML carries this machine's answer: say so
+        progress.say(
+            f"--virt-type auto: this machine {'has a usable' if virt_type == 'kvm' else 'has no usable'} "
+            f"KVM, so the domain type is {virt_type}; pass --virt-type for the machine that will run it"
+        )
+    return checked
+
+
+def _check_libvirt(conn: Any, kw: dict[str, Any], network: Network) -> None:
+    """What --define needs from libvirt: no domain of that name (unless --force), the network."""
+    uri = kw["uri"]
+    try:
+        conn.lookupByName(kw["name"])
+        exists = True
+    except Exception:  # libvirt.libvirtError: no such domain
+        exists = False
+    if exists and not kw["force"]:
+        raise BakeError(
+            f"a domain named {kw['name']!r} already exists on {uri}: pass --force to replace it "
+            "or choose another --name"
+        )
+    if network.kind == "network" and not _libvirt_network_exists(conn, network.source or ""):
+        raise BakeError(
+            f"--network {network}: libvirt at {uri} has no network {network.source!r}: create it "
+            "(`virsh net-define` + `virsh net-start`), or pass --network user"
+        )
+    if network.kind == "bridge" and not Path("/sys/class/net", network.source or "").exists():
+        raise BakeError(
+            f"--network {network}: this machine has no bridge {network.source!r}: create it or pass --network user"
+        )
+
+
+@contextlib.contextmanager
+def _closing(conn: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        if conn is not None:
             conn.close()
-        progress.say(f"domain {spec.name} defined on {kw['uri']}" + (" and started" if kw["start"] else ""))
+
+
+def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
+    """Everything the command does after click parsed the options."""
+    progress = Progress()
+    checked = preflight(ctx, kw, progress)
+    with _closing(checked.conn):
+        out: Path = kw["out"].resolve()
+        image = image_or_bake(ctx, kw, PLATFORM, bake)
+        if is_qcow2(image):
+            disk = image
+        else:
+            with progress.step("qcow2"):
+                disk = to_qcow2(image, out / (image.stem + ".qcow2"))
+        cidata = None
+        if checked.config is not None:
+            from bakery.publish_metal import write_cidata
+
+            cidata = write_cidata(checked.config, None, None, out / f"{kw['name']}-cidata.iso")
+        spec = DomainSpec(
+            name=kw["name"],
+            disk=disk,
+            memory_mib=kw["memory"],
+            vcpus=kw["vcpus"],
+            firmware=kw["firmware"],
+            network=checked.network,
+            serial_log=kw["serial_log"].resolve() if kw["serial_log"] else None,
+            domain_type=checked.virt_type,
+            cidata=cidata,
+        )
+        xml_path = out / f"{spec.name}.xml"
+        write_atomic(xml_path, publish.domain_xml(spec).encode())
+        if checked.conn is not None:
+            publish.define(checked.conn, spec, start=kw["start"], force=kw["force"])
+            progress.say(
+                f"domain {spec.name} defined on {kw['uri']}" + (" and started" if kw["start"] else "")
+            )
     click.echo(str(disk))
+    if cidata is not None:
+        click.echo(str(cidata))
     click.echo(str(xml_path))
     click.echo(publish.virt_install_line(spec, kw["uri"]))
 
 
+EXAMPLES = """\b
+Examples:
+  talos-bake kvm --config-url http://10.0.0.1:8080/worker.yaml
+  talos-bake kvm --image _out/talos-kvm.raw --config worker.yaml --define --start
+"""
+
+
 def command() -> click.Command:
-    """The ``kvm`` command, with the same bake options as ``talos-bake raw``."""
+    """The ``kvm`` command, with the bake options of ``talos-bake raw`` (it always bakes for kvm)."""
     from bakery.cli import bake_options, run_bake
 
-    @click.command(PLATFORM)
+    @click.command(PLATFORM, epilog=EXAMPLES)
     @bake_options
     @click.option(
         "--image",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         default=None,
-        help="Publish this image (raw or qcow2) instead of baking one.",
+        help="Publish this talos-os image (raw or qcow2, baked for kvm) instead of baking one.",
+    )
+    @force_platform_option()
+    @click.option(
+        "--config",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="Machine config to attach as a NoCloud cidata CD (written to --out as NAME-cidata.iso, 0600).",
     )
     @click.option("--name", default="talos", show_default=True, help="libvirt domain name.")
     @click.option(
         "--memory", type=click.IntRange(min=256), default=2048, show_default=True, help="MiB of RAM."
     )
-    @click.option("--vcpus", type=click.IntRange(min=1), default=2, show_default=True)
-    @click.option("--firmware", type=click.Choice(publish.FIRMWARES), default="uefi", show_default=True)
+    @click.option(
+        "--vcpus",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Virtual CPUs of the domain.",
+    )
+    @click.option(
+        "--firmware",
+        type=click.Choice(publish.FIRMWARES),
+        default="uefi",
+        show_default=True,
+        help="Firmware the domain boots with (UEFI without Secure Boot, or SeaBIOS).",
+    )
     @click.option(
         "--network",
         default="network=default",
@@ -96,7 +222,7 @@ def command() -> click.Command:
         type=click.Choice(["auto", "kvm", "qemu"]),
         default="auto",
         show_default=True,
-        help="Domain type: auto is kvm only where KVM really works here.",
+        help="Domain type: auto is kvm only where KVM works on this machine (the choice is printed).",
     )
     @click.option("--define", is_flag=True, help="Define the domain in libvirt.")
     @click.option("--start", is_flag=True, help="Start it too (with --define).")
@@ -112,4 +238,4 @@ def command() -> click.Command:
         except BakeError as exc:
             raise click.ClickException(str(exc)) from None
 
-    return kvm
+    return drop_platform_option(kvm, PLATFORM)

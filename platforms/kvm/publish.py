@@ -54,12 +54,14 @@ class DomainSpec:
     network: Network = Network("network", "default")
     serial_log: Path | None = None
     domain_type: str = "qemu"  # "kvm" only where KVM really works (bakery.qemu.kvm_usable)
+    cidata: Path | None = None  # a NoCloud config ISO, attached as a CD
 
     def __post_init__(self) -> None:
         if self.firmware not in FIRMWARES:
             raise BakeError(f"unknown firmware {self.firmware!r}: use uefi or bios")
-        if not self.disk.is_absolute() or (self.serial_log is not None and not self.serial_log.is_absolute()):
-            raise BakeError("the disk and serial log paths of a libvirt domain must be absolute")
+        paths = [self.disk, *(p for p in (self.serial_log, self.cidata) if p is not None)]
+        if not all(p.is_absolute() for p in paths):
+            raise BakeError("the disk, cidata and serial log paths of a libvirt domain must be absolute")
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -95,6 +97,12 @@ def domain_xml(spec: DomainSpec) -> str:
     _sub(disk, "driver", name="qemu", type=spec.disk_format)
     _sub(disk, "source", file=str(spec.disk))
     _sub(disk, "target", dev="vda", bus="virtio")
+    if spec.cidata is not None:  # q35 has no IDE: the CD sits on SATA
+        cd = _sub(devices, "disk", type="file", device="cdrom")
+        _sub(cd, "driver", name="qemu", type="raw")
+        _sub(cd, "source", file=str(spec.cidata))
+        _sub(cd, "target", dev="sda", bus="sata")
+        _sub(cd, "readonly")
     if spec.network.kind != "none":
         nic = _sub(devices, "interface", type=spec.network.kind)
         if spec.network.source:
@@ -119,11 +127,12 @@ def virt_install_argv(spec: DomainSpec, uri: str = DEFAULT_URI) -> list[str]:
         boot = "uefi,firmware.feature0.name=secure-boot,firmware.feature0.enabled=no"
     serial = "pty" + (f",log.file={spec.serial_log},log.append=off" if spec.serial_log else "")
     network = "none" if spec.network.kind == "none" else f"{spec.network},model=virtio"
+    cidata = ["--disk", f"path={spec.cidata},device=cdrom,bus=sata"] if spec.cidata is not None else []
     return [
         "virt-install", "--connect", uri, "--name", spec.name, "--virt-type", spec.domain_type,
         "--machine", "q35", "--memory", str(spec.memory_mib), "--vcpus", str(spec.vcpus),
         "--cpu", "host-passthrough" if spec.domain_type == "kvm" else "mode=maximum",
-        "--boot", boot, "--import", "--disk", f"path={spec.disk},format={spec.disk_format},bus=virtio",
+        "--boot", boot, "--import", "--disk", f"path={spec.disk},format={spec.disk_format},bus=virtio", *cidata,
         "--network", network, "--rng", "/dev/urandom", "--graphics", "none",
         "--serial", serial, "--osinfo", OSINFO, "--noautoconsole",
     ]  # fmt: skip

@@ -1,4 +1,8 @@
-"""``talos-bake xen``: the raw image plus xl configs for HVM and PV (pygrub), and the vm-data how-to.
+"""``talos-bake xen``: the domain's disk plus xl configs for HVM and PV (pygrub), and the vm-data how-to.
+
+The configs point at ``--out/NAME.raw``, a sparse copy of the image: the guest writes its disk
+(EPHEMERAL is formatted on first boot), and that must not change the baked image, as with kvm's
+qcow2. Every input is checked before the bake or the copy.
 
 ``command()`` builds the click command when bakery.cli registers it: this module imports
 bakery.cli's ``bake_options`` then, not at import time, because bakery.cli imports this module.
@@ -12,25 +16,51 @@ from typing import Any
 
 import click
 
-from bakery.atomic import write_atomic
+from bakery.atomic import atomic_path, write_atomic
 from bakery.errors import BakeError
 from bakery.image import BakeResult
-from platforms.image_source import image_or_bake, is_qcow2
+from bakery.progress import Progress
+from bakery.tools import run
+from platforms.image_source import drop_platform_option, force_platform_option, image_or_bake, preflight_image
 from platforms.xen import publish
 from platforms.xen.publish import XenDomain
 
 PLATFORM = "xen"
 
 
+def preflight(ctx: click.Context, kw: dict[str, Any]) -> None:
+    """Check every input before any bake or copy."""
+    out: Path = kw["out"]
+    if out.exists() and not out.is_dir():
+        raise BakeError(f"--out {out} is a file: name a directory")
+    if "," in str(out.resolve()):
+        raise BakeError(f"--out {out} holds a comma, which xl's disk syntax cannot carry: choose another")
+    facts = preflight_image(ctx, kw, PLATFORM)
+    if facts is not None and facts.format == "qcow2":
+        raise BakeError(f"{kw['image']} is qcow2, which pygrub cannot read: publish the raw image instead")
+
+
+def domain_disk(image: Path, dest: Path, progress: Progress) -> Path:
+    """A sparse copy of ``image`` at ``dest`` (written under a temporary name, then renamed)."""
+    if dest.exists() and dest.samefile(image):
+        raise BakeError(
+            f"--name would make the domain's disk {dest}, which is the image itself: pick another --name"
+        )
+    with progress.step(f"copying the image to {dest.name}"), atomic_path(dest) as tmp:
+        run(["cp", "--sparse=always", "--reflink=auto", image, tmp], what="cp")
+    return dest
+
+
 def publish_xen(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything the command does after click parsed the options."""
+    preflight(ctx, kw)
+    progress = Progress()
     out: Path = kw["out"].resolve()
     image = image_or_bake(ctx, kw, PLATFORM, bake)
-    if is_qcow2(image):
-        raise BakeError(f"{image} is qcow2, which pygrub cannot read: publish the raw image instead")
+    disk = domain_disk(image, out / f"{kw['name']}.raw", progress)
     domain = XenDomain(
         name=kw["name"],
-        disk=image,
+        disk=disk,
         memory_mib=kw["memory"],
         vcpus=kw["vcpus"],
         bridge=kw["bridge"],
@@ -43,28 +73,47 @@ def publish_xen(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
     write_atomic(pv, publish.pv_config(domain).encode())
     text = publish.vm_data_howto(domain.name, str(pv), kw["vm_data_url"])
     write_atomic(howto, text.encode())
-    for path in (image, hvm, pv, howto):
+    for path in (disk, hvm, pv, howto):
         click.echo(str(path))
     click.echo(text, err=True, nl=False)
 
 
+EXAMPLES = """\b
+Examples:
+  talos-bake xen --config-url http://10.0.0.1:8080/worker.yaml
+  talos-bake xen --image _out/talos-xen.raw --name worker-1 --bridge xenbr0
+"""
+
+
 def command() -> click.Command:
-    """The ``xen`` command, with the same bake options as ``talos-bake raw``."""
+    """The ``xen`` command, with the bake options of ``talos-bake raw`` (it always bakes for xen)."""
     from bakery.cli import bake_options, run_bake
 
-    @click.command(PLATFORM)
+    @click.command(PLATFORM, epilog=EXAMPLES)
     @bake_options
     @click.option(
         "--image",
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         default=None,
-        help="Publish this raw image instead of baking one.",
+        help="Publish this raw talos-os image (baked for xen) instead of baking one.",
     )
-    @click.option("--name", default="talos", show_default=True, help="Xen domain name.")
+    @force_platform_option()
+    @click.option(
+        "--name",
+        default="talos",
+        show_default=True,
+        help="Xen domain name; its disk is --out/NAME.raw, a copy of the image.",
+    )
     @click.option(
         "--memory", type=click.IntRange(min=256), default=2048, show_default=True, help="MiB of RAM."
     )
-    @click.option("--vcpus", type=click.IntRange(min=1), default=2, show_default=True)
+    @click.option(
+        "--vcpus",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Virtual CPUs of the domain.",
+    )
     @click.option("--bridge", default="xenbr0", show_default=True, help="dom0 bridge for the vif.")
     @click.option(
         "--firmware",
@@ -76,10 +125,10 @@ def command() -> click.Command:
     @click.option("--vm-data-url", default=None, help="Config URL to show in the xenstore vm-data how-to.")
     @click.pass_context
     def xen(ctx: click.Context, /, **kw: Any) -> None:
-        """Publish for Xen: raw image + xl configs (HVM, PV via pygrub) + how to pass the config URL."""
+        """Publish for Xen: the domain's disk + xl configs (HVM, PV via pygrub) + how to pass the config URL."""
         try:
             publish_xen(ctx, kw, run_bake)
         except BakeError as exc:
             raise click.ClickException(str(exc)) from None
 
-    return xen
+    return drop_platform_option(xen, PLATFORM)

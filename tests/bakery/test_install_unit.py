@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fakeimage import make_image
 
 from bakery import gpt, install
 from bakery.cli import cli
@@ -36,6 +37,12 @@ def small_image(path: Path, size: int = 24 * MiB) -> Path:
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
     return small_image(tmp_path / "talos.raw")
+
+
+@pytest.fixture
+def talos_image(tmp_path: Path) -> Path:
+    """What the CLI accepts as --image: it looks like a talos-os image baked for bare metal."""
+    return make_image(tmp_path / "talos-bare-metal.raw", "bare-metal", size_mib=24)
 
 
 def junk_file(path: Path, size: int, offsets: list[int]) -> Path:
@@ -273,7 +280,8 @@ def test_forced_install_onto_a_loop_device(image: Path, loop_disk: tuple[Path, P
 # --- CLI --------------------------------------------------------------------------------------
 
 
-def test_cli_installs_an_existing_image(image: Path, tmp_path: Path) -> None:
+def test_cli_installs_an_existing_image(talos_image: Path, tmp_path: Path) -> None:
+    image = talos_image
     disk = tmp_path / "disk.raw"
     result = CliRunner().invoke(cli, ["install", "--image", str(image), "--disk", str(disk)])
     assert result.exit_code == 0, result.output
@@ -286,7 +294,8 @@ def test_cli_installs_an_existing_image(image: Path, tmp_path: Path) -> None:
     )
 
 
-def test_cli_refuses_bake_options_next_to_image(image: Path, tmp_path: Path) -> None:
+def test_cli_refuses_bake_options_next_to_image(talos_image: Path, tmp_path: Path) -> None:
+    image = talos_image
     for extra in (["--config-url", "http://10.0.0.1/c.yaml"], ["--out", str(tmp_path)]):
         result = CliRunner().invoke(
             cli, ["install", "--image", str(image), "--disk", str(tmp_path / "d.raw"), *extra]

@@ -24,6 +24,7 @@ import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from click.testing import CliRunner
+from fakeimage import make_image
 from moto.server import ThreadedMotoServer
 
 from bakery.cli import cli
@@ -407,13 +408,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_dry_run_prints_the_plan_and_touches_nothing(moto: str, sparse_image: Path) -> None:
+def test_dry_run_prints_the_plan_and_touches_nothing(moto: str, sparse_image: Path, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: any request would fail the run
-    args = ["aws", "--ami", "--dry-run", "--image", str(sparse_image), "--region", REGION, "--name", "talos-test",
+    image = make_image(tmp_path / "talos-aws.raw", "aws")
+    args = ["aws", "--ami", "--dry-run", "--image", str(image), "--region", REGION, "--name", "talos-test",
             "--copy-to-regions", OTHER_REGION, "--endpoint-url", dead]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "4096 blocks" in result.stdout and "hole + 1 zero blocks skipped" in result.stdout
+    assert "= 32 blocks of 512 KiB" in result.stdout and "hole + " in result.stdout
+    assert "4096 blocks" in "\n".join(plan(request(sparse_image, moto)))
     assert "uefi-preferred" in result.stdout and f"copy to: {OTHER_REGION}" in result.stdout
     assert own_snapshots(moto) == [] and own_images(moto) == []
     assert plan(request(sparse_image, moto))[0].startswith("plan (dry run")
@@ -427,8 +430,10 @@ def test_dry_run_without_image_bakes_nothing(moto: str, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "baked first into" in result.stdout and "gp3 2 GiB" in result.stdout
     assert not (tmp_path / "out").exists()
-    refused = CliRunner().invoke(cli, [*args, "--platform", "kvm"])
-    assert refused.exit_code == 1 and "publishes aws images, not kvm" in refused.stderr
+    refused = CliRunner().invoke(cli, [*args, "--platform", "kvm"])  # it only bakes for aws
+    assert (
+        refused.exit_code == 2 and "talos-bake aws only bakes aws images: drop --platform" in refused.stderr
+    )
 
 
 @pytest.mark.parametrize(
@@ -458,7 +463,7 @@ def test_no_credentials(moto: str, sparse_image: Path, monkeypatch: pytest.Monke
         publish_ami(request(sparse_image, moto), progress=QUIET)
 
 
-def test_unreachable_endpoint(moto: str, sparse_image: Path) -> None:
+def test_unreachable_endpoint(moto: str, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(
         cli,
@@ -466,7 +471,7 @@ def test_unreachable_endpoint(moto: str, sparse_image: Path) -> None:
             "aws",
             "--ami",
             "--image",
-            str(sparse_image),
+            str(make_image(tmp_path / "talos-aws.raw", "aws")),
             "--region",
             REGION,
             "--name",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,18 +98,19 @@ def test_cli_validates_the_user_data(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     iso = Path(result.output.strip().splitlines()[-1])
-    assert iso == out and nocloud.probe_label(iso) == ("iso9660", "cidata")
+    assert iso == out / "cidata.iso" and nocloud.probe_label(iso) == ("iso9660", "cidata")
+    assert stat.S_IMODE(iso.stat().st_mode) == 0o600, "it carries the config's secrets"
     data = nocloud.read_cidata(BlockDevice(str(iso)), pycdlib_mount)
     assert data.user_data == good.read_bytes() and data.meta_data is not None
     assert data.meta_data.endswith(b"local-hostname: w1\n")
 
     bad = tmp_path / "bad.yaml"
     bad.write_bytes(USER_DATA)
-    refused = CliRunner().invoke(cli, ["cidata", "--user-data", str(bad), "--out", str(tmp_path / "bad.iso")])
+    refused = CliRunner().invoke(cli, ["cidata", "--user-data", str(bad), "--out", str(tmp_path / "bad")])
     assert refused.exit_code == 1
     assert f"Error: {bad} is not a valid machine config" in refused.output
     assert "pass --no-validate to write it anyway" in refused.output
-    assert not (tmp_path / "bad.iso").exists()
+    assert not (tmp_path / "bad").exists()
     forced = CliRunner().invoke(
         cli, ["cidata", "--user-data", str(bad), "--no-validate", "--out", str(tmp_path)]
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from fakeimage import make_image
 
 from bakery import qemu
 from bakery.cli import cli
@@ -101,7 +102,7 @@ def _tiny_qcow2(path: Path) -> Path:
 
 
 def test_cli_publishes_an_existing_qcow2_without_libvirt(tmp_path: Path) -> None:
-    disk = _tiny_qcow2(tmp_path / "talos-kvm.qcow2")
+    disk = make_image(tmp_path / "talos-kvm.qcow2", "kvm", fmt="qcow2")
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["kvm", "--image", str(disk), "--out", str(out), "--name", "n1",
                                       "--firmware", "bios", "--virt-type", "qemu"])  # fmt: skip
@@ -113,12 +114,12 @@ def test_cli_publishes_an_existing_qcow2_without_libvirt(tmp_path: Path) -> None
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    disk = _tiny_qcow2(tmp_path / "t.qcow2")
+    disk = make_image(tmp_path / "t.qcow2", "kvm", fmt="qcow2")
     runner = CliRunner()
     result = runner.invoke(cli, ["kvm", "--image", str(disk), "--out", str(tmp_path), "--start"])
     assert result.exit_code == 2 and "--start needs --define" in result.output
-    result = runner.invoke(cli, ["kvm", "--platform", "xen", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "publishes kvm images, not xen" in result.output
+    result = runner.invoke(cli, ["kvm", "--platform", "xen", "--out", str(tmp_path)])  # it only bakes for kvm
+    assert result.exit_code == 2 and "talos-bake kvm only bakes kvm images: drop --platform" in result.output
     result = runner.invoke(cli, ["kvm", "--image", str(disk), "--out", str(tmp_path), "--define",
                                  "--uri", f"qemu:///system?socket={tmp_path}/no-such-socket"])  # fmt: skip
     assert result.exit_code == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from fakeimage import make_image
 
 from bakery import qemu
 from bakery.cli import cli
@@ -175,30 +176,34 @@ def test_vm_data_howto_writes_the_key_the_guest_reads() -> None:
 
 
 def test_cli_publishes_an_existing_raw_image(tmp_path: Path) -> None:
-    image = tmp_path / "talos-xen.raw"
-    with open(image, "wb") as f:
-        f.truncate(1 << 20)
-    (tmp_path / "talos-xen.raw.manifest.json").write_text('{"platform": "kvm"}')
+    image = make_image(tmp_path / "talos-xen.raw", "xen")
+    baked = image.read_bytes()
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["xen", "--image", str(image), "--out", str(out), "--name", "n1"])
     assert result.exit_code == 0, result.output
-    assert "talos-xen.raw was baked for kvm" in result.stderr, "the manifest next to the image is checked"
+    disk = out / "n1.raw"
     lines = result.stdout.splitlines()
-    assert lines == [str(image), str(out / "n1-hvm.cfg"), str(out / "n1-pv.cfg"), str(out / "n1-vm-data.txt")]
-    pv = XlConfig((out / "n1-pv.cfg").read_text())
-    assert pv.disk(pv.list("disk")[0])[0] == str(image)
+    assert lines == [str(disk), str(out / "n1-hvm.cfg"), str(out / "n1-pv.cfg"), str(out / "n1-vm-data.txt")]
+    for cfg in ("n1-pv.cfg", "n1-hvm.cfg"):  # the guest writes a copy, never the baked image
+        xl = XlConfig((out / cfg).read_text())
+        assert xl.disk(xl.list("disk")[0])[0] == str(disk)
+    assert disk.read_bytes() == baked and not disk.samefile(image)
+    with open(disk, "r+b") as f:  # what booting does to the disk
+        f.write(b"written by the guest")
+    assert image.read_bytes() == baked
     assert "xenstore-write" in (out / "n1-vm-data.txt").read_text()
     assert not list(out.glob(".*partial*"))
 
 
 def test_cli_refuses_qcow2_and_another_platform(tmp_path: Path) -> None:
-    image = tmp_path / "talos.qcow2"
-    image.write_bytes(b"QFI\xfb" + bytes(60))
+    image = make_image(tmp_path / "talos.qcow2", "xen", fmt="qcow2")
     result = CliRunner().invoke(cli, ["xen", "--image", str(image), "--out", str(tmp_path)])
     assert result.exit_code == 1 and "pygrub cannot read" in result.output
-    result = CliRunner().invoke(cli, ["xen", "--platform", "aws", "--out", str(tmp_path)])
-    assert result.exit_code == 1 and "publishes xen images, not aws" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    result = CliRunner().invoke(
+        cli, ["xen", "--platform", "aws", "--out", str(tmp_path)]
+    )  # it only bakes for xen
+    assert result.exit_code == 2 and "talos-bake xen only bakes xen images: drop --platform" in result.output
+    assert "--platform" not in CliRunner().invoke(cli, ["xen", "--help"]).output
     result = CliRunner().invoke(
         cli, ["xen", "--image", str(image), "--out", str(tmp_path), "--disk-size", "4G"]
     )
@@ -260,7 +265,10 @@ def test_published_configs_point_at_the_xen_image(xen_published: Published) -> N
         cfg = XlConfig(path.read_text(), path.name)
         assert cfg.disk(cfg.list("disk")[0]) == (str(xen_published.image), "xvda", LIBXL_DISK_FORMAT_RAW)
         assert cfg.long("memory") == 1024
-    assert xen_published.image.name == "talos-xen.raw"
+    baked = xen_published.image.with_name("talos-xen.raw")
+    assert xen_published.image.name == "talos.raw" and baked.exists(), (
+        "the domain's disk is a copy of the bake"
+    )
 
 
 @pytest.mark.e2e
