@@ -30,6 +30,7 @@ from cryptography.x509.oid import NameOID
 
 from talos_os import pki
 from talos_os.config import MachineConfig
+from talos_os.osd.limits import Admission, Refused
 
 log = logging.getLogger(__name__)
 
@@ -231,15 +232,42 @@ def _method_name(full: str) -> tuple[str, str]:
 
 
 class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Runs :meth:`Authorizer.authorize` before every method of the node service.
+    """Runs :meth:`Authorizer.authorize`, then :class:`~talos_os.osd.limits.Admission`, before every method.
 
     The method sees its caller through :func:`current_caller` while it runs (a streaming method:
-    until its stream ends). A failure that is not a deliberate abort ends the call as INTERNAL with
-    a short message, never as grpc's UNKNOWN with a traceback in the log.
+    until its stream ends), and holds its place in the admission counts as long. A failure that is
+    not a deliberate abort ends the call as INTERNAL with a short message, never as grpc's UNKNOWN
+    with a traceback in the log.
     """
 
-    def __init__(self, authorizer: Authorizer) -> None:
+    def __init__(self, authorizer: Authorizer, admission: Admission | None = None) -> None:
         self.authorizer = authorizer
+        self.admission = admission
+
+    @contextlib.contextmanager
+    def _call(self, request: Any, context: grpc.ServicerContext, method: str) -> Iterator[None]:
+        caller = self.authorizer.authorize(context, method)
+        token = _CALLER.set(caller)
+        try:
+            with self._admitted(caller, request, context):
+                yield
+        except Exception as exc:
+            _internal(context, method, exc)
+        finally:
+            _CALLER.reset(token)
+
+    @contextlib.contextmanager
+    def _admitted(self, caller: Caller, request: Any, context: grpc.ServicerContext) -> Iterator[None]:
+        if self.admission is None:
+            yield
+            return
+        follow = bool(getattr(request, "follow", False))
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.admission.admit(caller.name, admin=caller.is_admin, follow=follow))
+            except Refused as exc:
+                abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            yield
 
     def intercept_service(
         self,
@@ -252,30 +280,19 @@ class AuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         service, method = _method_name(details.method)
         if service != SERVICE:
             method = details.method  # another service's method: not in the policy, so refused
-        authorize = self.authorizer.authorize
 
         def guard(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
             def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-                token = _CALLER.set(authorize(context, method))
-                try:
+                with self._call(request, context, method):
                     return behavior(request, context)
-                except Exception as exc:
-                    _internal(context, method, exc)
-                finally:
-                    _CALLER.reset(token)
 
             return guarded
 
         def guard_stream(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:
             def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                # grpc runs the whole stream on one worker thread: the caller stays set until it ends.
-                token = _CALLER.set(authorize(context, method))
-                try:
+                # grpc runs the whole stream on one worker thread: caller and place last until it ends.
+                with self._call(request, context, method):
                     yield from behavior(request, context)
-                except Exception as exc:
-                    _internal(context, method, exc)
-                finally:
-                    _CALLER.reset(token)
 
             return guarded
 

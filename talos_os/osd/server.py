@@ -8,10 +8,12 @@ kernel log, files) it reads as root from /proc, /sys, netlink and the file syste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import platform
+import resource
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
 from talos_os.init import control
-from talos_os.osd import kmsg, node, opener, transfer
+from talos_os.osd import kmsg, limits, node, opener, transfer
 from talos_os.osd.auth import (
     AuthInterceptor,
     Authorizer,
@@ -42,6 +44,9 @@ DEFAULT_PORT = 50000
 DEFAULT_KUBECONFIG = Path("/etc/kubernetes/admin.conf")
 LOGS_POLL = 1.0  # seconds a follow waits for new lines before checking the client is still there
 CONTROL_TIMEOUT = 30.0
+HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish its TLS handshake
+MAX_CONNECTIONS = 8192  # connections at once (each is a descriptor), well under FD_LIMIT
+FD_LIMIT = 65536
 
 
 class OsdError(Exception):
@@ -376,7 +381,9 @@ class Osd:
         *,
         address: str = "[::]",
         port: int = DEFAULT_PORT,
-        max_workers: int = 32,
+        max_workers: int = 64,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.identity = identity
         self.ca_pem = ca_pem
@@ -384,15 +391,25 @@ class Osd:
         self.address = address
         self.port = port
         self.max_workers = max_workers
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.admission = limits.Admission(limits.for_workers(max_workers))
         self._server: grpc.Server | None = None
         self._servicer: NodeServicer | None = None
 
     def start(self) -> int:
         """Listen, serve, and prove TLS 1.2 is refused; the bound port (useful with port 0)."""
+        raise_fd_limit()
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="osd"),
-            interceptors=[AuthInterceptor(Authorizer(self.ca_pem))],
-            options=[("grpc.so_reuseport", 0)],  # a second osd on the same port must fail, not share it
+            interceptors=[AuthInterceptor(Authorizer(self.ca_pem), self.admission)],
+            options=[
+                ("grpc.so_reuseport", 0),  # a second osd on the same port must fail, not share it
+                # A connection that has not finished its TLS handshake in time is closed, and there
+                # are never more connections than descriptors to spare.
+                ("grpc.server_handshake_timeout_ms", int(self.handshake_timeout * 1000)),
+                ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ],
             maximum_concurrent_rpcs=self.max_workers * 4,
         )
         self._servicer = NodeServicer(self.settings)
@@ -450,6 +467,25 @@ class Osd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def raise_fd_limit(want: int = FD_LIMIT) -> int:
+    """Raise RLIMIT_NOFILE towards ``want`` (the hard limit too, as root); the soft limit now.
+
+    Every connection, even one that never finishes its handshake, costs a descriptor: the default
+    1024 ran out under 1,100 half-open connections and the API stopped answering.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))  # root may raise the hard limit
+            return want
+        except (ValueError, OSError):
+            pass  # not root: as far as the hard limit goes
+    top = want if hard == resource.RLIM_INFINITY else min(hard, max(soft, want))
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, top), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def _bind(server: grpc.Server, creds: grpc.ServerCredentials, address: str, port: int) -> int:
