@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -181,8 +182,9 @@ def checked_meta_data(path: Path) -> bytes:
 
 
 def checked_user_data(path: Path, validate: bool) -> bytes:
-    """The machine config's bytes; with ``validate``, refused unless it is a valid config."""
-    data = path.read_bytes()
+    """The machine config's bytes (``-``: stdin); with ``validate``, refused unless it is a valid config."""
+    data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
+    path = Path("stdin") if str(path) == "-" else path
     if validate:
         try:
             load_config(data)
@@ -280,8 +282,9 @@ def commands() -> list[click.Command]:
         _user_errors(lambda: run_iso(ctx, kw, run_bake))
 
     @click.command("cidata", epilog=CIDATA_EXAMPLE)
-    @click.option("--user-data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                  help="The machine config to hand to the node.")  # fmt: skip
+    @click.option("--user-data", required=True,
+                  type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+                  help="The machine config to hand to the node (- reads stdin).")  # fmt: skip
     @click.option("--meta-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                   help="NoCloud meta-data: a YAML mapping with instance-id (default: instance-id from the "
                        "user-data's hash, and --hostname).")  # fmt: skip

@@ -119,6 +119,14 @@ def test_validate_reads_stdin(gen: Path) -> None:
     assert r.exit_code == 1 and "stdin is not valid" in r.output
 
 
+def test_merge_reads_stdin(gen: Path, tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    r = run("--talosconfig", str(path), "config", "merge", "-", input=(gen / "talosconfig").read_text())
+    assert r.exit_code == 0 and talosconfig.load(path).context == "demo"
+    r = run("--talosconfig", str(path), "config", "merge", "-", input=(gen / "worker.yaml").read_text())
+    assert r.exit_code == 1 and "stdin is a machine config, not a talosconfig" in r.output
+
+
 def test_kubernetes_version_with_or_without_v(tmp_path: Path) -> None:
     for given in ("1.29.4", "v1.29.4"):
         out = tmp_path / given

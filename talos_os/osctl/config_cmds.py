@@ -228,13 +228,17 @@ def node_cmd(hosts: tuple[str, ...]) -> None:
 @config.command("merge", epilog="Example: osctl config merge ./gen/talosconfig")
 @click.argument("file", metavar="FILE")
 def merge_cmd(file: str) -> None:
-    """Merge FILE's contexts into the talosconfig and make FILE's context current.
+    """Merge FILE's contexts (- reads stdin) into the talosconfig and make FILE's context current.
 
     Contexts whose names clash are renamed NAME-1, NAME-2... as talosctl does. Neither file may be a
     machine config: merging would replace its secrets with a talosconfig.
     """
     with user_errors():
-        other = talosconfig.load(file)
+        other = (
+            talosconfig.loads(sys.stdin.buffer.read(), source="stdin")
+            if file == "-"
+            else talosconfig.load(file)
+        )
         path = talosconfig_path()
         cfg = talosconfig.load_or_empty(path)
         renames = cfg.merge(other)

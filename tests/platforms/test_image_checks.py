@@ -294,6 +294,17 @@ def test_cidata_meta_data_is_a_nocloud_mapping(tmp_path: Path, worker: Path, met
     assert message in last_line(r)
 
 
+def test_cidata_user_data_from_stdin(tmp_path: Path, worker: Path) -> None:
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["cidata", "--user-data", "-", "--out", str(out)], input=worker.read_bytes())
+    assert r.exit_code == 0, r.output
+    assert (out / "cidata.iso").stat().st_size > 0
+    r = CliRunner().invoke(
+        cli, ["cidata", "--user-data", "-", "--out", str(tmp_path / "x")], input=b"nope: 1\n"
+    )
+    assert r.exit_code == 1 and "stdin is not a valid machine config" in r.output
+
+
 @pytest.mark.parametrize("hostname", ["bad_name", "-dash", "a" * 64, "x..y"])
 def test_cidata_hostnames_are_checked(tmp_path: Path, worker: Path, hostname: str) -> None:
     r = refused(tmp_path, "cidata", "--user-data", str(worker), "--hostname", hostname)
