@@ -13,14 +13,17 @@ certificate it hangs up during the TLS handshake, and the client only sees the s
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from talos_os import pki, talosconfig
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
@@ -49,22 +52,57 @@ class Target:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+
+
 def parse_target(value: str, default_port: int = DEFAULT_PORT) -> Target:
-    """``HOST``, ``HOST:PORT``, ``[V6]:PORT`` or a bare IPv6 address."""
+    """``HOST``, ``HOST:PORT``, ``[V6]`` or ``[V6]:PORT``, or a bare IPv6 address; anything else is refused.
+
+    HOST is an IP address or a DNS name; a bracket must close, and only an IPv6 address goes in one.
+    """
     text = value.strip()
     if not text:
         raise talosconfig.TalosConfigError("an empty node or endpoint was given")
+    expected = "expected HOST, HOST:PORT, [IPv6] or [IPv6]:PORT"
+    port = ""
     if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ""
+        host, closed, rest = text[1:].partition("]")
+        if not closed:
+            raise talosconfig.TalosConfigError(f"{value!r} opens a '[' it does not close: {expected}")
+        if rest and not rest.startswith(":"):
+            raise talosconfig.TalosConfigError(f"{value!r} has {rest!r} after ']': {expected}")
+        port = rest[1:]
+        if rest and not port:
+            raise talosconfig.TalosConfigError(f"{value!r} has no port after ':': {expected}")
+        if not _is_ip(host, 6):
+            raise talosconfig.TalosConfigError(f"{value!r} holds no IPv6 address in brackets: {expected}")
     elif text.count(":") == 1:
         host, port = text.split(":")
+        if not port:
+            raise talosconfig.TalosConfigError(f"{value!r} has no port after ':': {expected}")
+    elif ":" in text:
+        host = text  # a bare IPv6 address (its port, if any, needs brackets)
+        if not _is_ip(host, 6):
+            raise talosconfig.TalosConfigError(f"{value!r} is not an IPv6 address: {expected}")
     else:
-        host, port = text, ""  # a name, an IPv4 address, or a bare IPv6 address
+        host = text
+    if not host or not (_is_ip(host, 0) or _HOSTNAME.fullmatch(host)):
+        raise talosconfig.TalosConfigError(f"{value!r} names no valid host: {expected}")
     if port and not (port.isdigit() and 0 < int(port) < 65536):
-        raise talosconfig.TalosConfigError(f"{value!r} has an invalid port: expected HOST[:PORT]")
+        raise talosconfig.TalosConfigError(f"{value!r} has an invalid port (1-65535): {expected}")
     name = host if not port else text
     return Target(name=name, host=host, port=int(port) if port else default_port)
+
+
+def _is_ip(text: str, version: int) -> bool:
+    """Whether ``text`` is an IP address (of ``version`` 4 or 6; 0 for either)."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return version in (0, address.version)
 
 
 def resolve_targets(endpoints: Sequence[str], nodes: Sequence[str]) -> list[Target]:
@@ -116,6 +154,18 @@ class Credentials:
                 f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC; check this machine's clock"
             )
         try:
+            key = pki.load_private_key(self.key)
+        except pki.PKIError:
+            raise talosconfig.TalosConfigError(
+                "the talosconfig's client key is not a usable private key; the context's key must be "
+                "the PEM key of its crt"
+            ) from None
+        if _public(key.public_key()) != _public(cert.public_key()):
+            raise talosconfig.TalosConfigError(
+                f"the talosconfig's client key does not belong to its certificate {who} (crt and key come "
+                "from different pairs); put the matching key in the context, or make a fresh talosconfig"
+            )
+        try:
             cert.verify_directly_issued_by(ca)
         except Exception:
             raise talosconfig.TalosConfigError(
@@ -127,6 +177,11 @@ class Credentials:
                 f"the talosconfig's client certificate {who} carries no role (its Organization must be "
                 f"{pki.ROLE_ADMIN} or {pki.ROLE_READER})"
             )
+
+
+def _public(key: object) -> bytes:
+    """A public key's canonical bytes, so a certificate's key and a private key's can be compared."""
+    return cast(Any, key).public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)  # type: ignore[no-any-return]
 
 
 def channel(target: Target, creds: Credentials) -> grpc.Channel:
@@ -154,6 +209,20 @@ def explain(err: grpc.RpcError, target: Target) -> str:
             return (
                 f"cannot reach the node API at {target.address}: connection refused (is osd running there?)"
             )
+        if (
+            "wrong_version_number" in lowered
+            or "http_request" in lowered
+            or "packet_length_too_long" in lowered
+        ):
+            return (
+                f"the service at {target.address} does not speak TLS (a plain-text service, such as HTTP, "
+                "answered): check the port; osd listens on 50000"
+            )
+        if "connection reset" in lowered:
+            return (
+                f"the connection to {target.address} was reset before the node API answered (a firewall, a "
+                "proxy, or a service other than osd on that port)"
+            )
         if "certificate_verify_failed" in lowered or "tls handshake failed" in lowered:
             return (
                 f"the node at {target.address} presented a certificate the talosconfig's CA does not trust "
@@ -161,7 +230,7 @@ def explain(err: grpc.RpcError, target: Target) -> str:
             )
         if "hostname verification" in lowered or "not in peer certificate" in lowered:
             return f"the node's certificate does not name {target.host}: connect to one of its addresses"
-        if "socket closed" in lowered or "connection reset" in lowered:
+        if "socket closed" in lowered:
             return (
                 f"the node at {target.address} refused our client certificate during the TLS handshake "
                 "(it must be signed by the node's OS CA and unexpired; `osctl logs osd` on the node says why)"
