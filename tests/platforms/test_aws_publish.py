@@ -502,9 +502,11 @@ def test_cli_publishes_the_baked_image(moto: str, baked_image: BakeResult) -> No
             "talos-baked",
             "--endpoint-url",
             moto,
+            "--force-platform",  # the default image is baked for kvm; the upload is what is tested here
         ],
     )
     assert result.exit_code == 0, result.output
+    assert "warning: talos-kvm.raw was baked for kvm" in result.stderr
     ami_id = result.stdout.strip().splitlines()[-1]
     assert "uploading [" in result.stderr and "MB/s" in result.stderr  # the progress bar and the summary
     (image,) = own_images(moto)
