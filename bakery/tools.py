@@ -29,6 +29,11 @@ TOOL_PACKAGES: dict[str, str] = {
     "qemu-system-x86_64": "qemu-system-x86",
 }
 
+# Variables a tool must not inherit from the bake's environment. mksquashfs refuses to run when
+# SOURCE_DATE_EPOCH is set next to -all-time/-mkfs-time ("SOURCE_DATE_EPOCH and command line options
+# can't be used at the same time"); the bake passes the same epoch on its command line instead.
+_NOT_INHERITED: dict[str, tuple[str, ...]] = {"mksquashfs": ("SOURCE_DATE_EPOCH",)}
+
 # Tools live in sbin on Debian; an unprivileged user's PATH may lack it.
 _EXTRA_PATH = ("/usr/sbin", "/sbin")
 
@@ -55,7 +60,9 @@ def run(
     """Run a host tool; on failure raise a BakeError with the tool's last lines of output."""
     args = [str(a) for a in argv]
     args[0] = which(args[0])
-    full_env = {**os.environ, "LC_ALL": "C.UTF-8", **(env or {})}
+    dropped = _NOT_INHERITED.get(Path(args[0]).name, ())
+    inherited = {k: v for k, v in os.environ.items() if k not in dropped}
+    full_env = {**inherited, "LC_ALL": "C.UTF-8", **(env or {})}
     proc = subprocess.run(
         args,
         cwd=cwd,
