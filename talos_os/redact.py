@@ -43,3 +43,29 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         else:
             text = pattern.sub(MARK, text)
     return text
+
+
+class LineRedactor:
+    """:func:`redact` for text that arrives line by line: a PEM block's body lines are redacted too.
+
+    Not thread-safe; give each stream its own.
+    """
+
+    def __init__(self) -> None:
+        self._in_pem = False
+
+    def __call__(self, line: str) -> str:
+        if self._in_pem:
+            if _PEM_END.search(line):
+                self._in_pem = False
+                return MARK + _PEM_END.split(line, 1)[1]
+            return MARK
+        begin = _PEM_BEGIN.search(line)
+        if begin is not None and not _PEM_END.search(line, begin.end()):
+            self._in_pem = True
+            return redact(line[: begin.start()]) + MARK
+        return redact(line)
+
+
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]+-----")

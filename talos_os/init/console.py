@@ -10,6 +10,8 @@ import contextlib
 import threading
 from typing import TextIO
 
+from talos_os.redact import redact
+
 
 class Console:
     """Writes ``[talos]`` lines to the console and the kernel log; safe from several threads."""
@@ -32,10 +34,13 @@ class Console:
         return self._files
 
     def log(self, message: str) -> None:
-        """One line per message; a multi-line message becomes several prefixed lines."""
+        """One line per message; a multi-line message becomes several prefixed lines.
+
+        Keys and tokens are redacted first: readers may read the kernel log (``osctl dmesg``).
+        """
         with self._lock:
             console, kmsg = self._open()
-            for part in message.splitlines() or [""]:
+            for part in redact(message).splitlines() or [""]:
                 line = f"[talos] {part}"
                 for f, text in ((console, line + "\n"), (kmsg, f"<6>{line}\n")):
                     if f is not None:

@@ -39,6 +39,7 @@ from typing import IO, Any, BinaryIO, Protocol
 
 from talos_os.init.cgroups import CgroupTree, Usage, join_and_exec, proc_usage
 from talos_os.init.fetch import backoff_delay
+from talos_os.redact import LineRedactor
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class LogBuffer:
         self._cond = threading.Condition()
         self._file: BinaryIO | None = None
         self._file_size = 0
+        self._redact = LineRedactor()
 
     @property
     def cursor(self) -> int:
@@ -189,6 +191,7 @@ class LogBuffer:
 
     def append(self, line: str) -> None:
         with self._cond:
+            line = self._redact(line)  # readers may read service logs: no key or token gets in
             self._ring.append(line)
             self._ring_bytes += len(line)
             self._next += 1
