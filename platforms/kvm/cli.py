@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -104,7 +105,8 @@ def _check_libvirt(conn: Any, kw: dict[str, Any], network: Network) -> None:
             f"--network {network}: libvirt at {uri} has no network {network.source!r}: create it "
             "(`virsh net-define` + `virsh net-start`), or pass --network user"
         )
-    if network.kind == "bridge" and not Path("/sys/class/net", network.source or "").exists():
+    local = not urlsplit(uri).netloc  # qemu:///system is here; qemu+ssh://host/system is not
+    if network.kind == "bridge" and local and not Path("/sys/class/net", network.source or "").exists():
         raise BakeError(
             f"--network {network}: this machine has no bridge {network.source!r}: create it or pass --network user"
         )

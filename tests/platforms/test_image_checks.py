@@ -193,6 +193,27 @@ def test_kvm_unreachable_libvirt_before_converting(tmp_path: Path) -> None:
     assert "--virt-type auto" not in r.output, "nothing is stated about a domain that will not exist"
 
 
+LIBVIRT_TEST = "test:///default"  # libvirt's built-in test driver: a real connection, no daemon
+
+
+def test_kvm_libvirt_network_and_domain_before_converting(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "talos-kvm.raw", "kvm")
+    kvm = ["kvm", "--image", str(image), "--define", "--uri", LIBVIRT_TEST]
+    r = refused(tmp_path, *kvm, "--network", "network=foo")
+    assert last_line(r) == (
+        f"Error: --network network=foo: libvirt at {LIBVIRT_TEST} has no network 'foo': create it "
+        "(`virsh net-define` + `virsh net-start`), or pass --network user"
+    )
+    r = refused(tmp_path, *kvm, "--network", "bridge=nobr0")
+    assert "this machine has no bridge 'nobr0'" in last_line(r)
+    r = refused(tmp_path, *kvm, "--name", "test")  # the test driver's own domain
+    assert f"a domain named 'test' already exists on {LIBVIRT_TEST}: pass --force" in last_line(r)
+    out = tmp_path / "defined"
+    ok = CliRunner().invoke(cli, [*kvm, "--name", "t16", "--firmware", "bios", "--out", str(out)])
+    assert ok.exit_code == 0, ok.output
+    assert f"domain t16 defined on {LIBVIRT_TEST}" in ok.stderr and (out / "t16.xml").exists()
+
+
 def test_kvm_serial_log_in_a_missing_directory(tmp_path: Path) -> None:
     r = refused(tmp_path, "kvm", "--serial-log", str(tmp_path / "nope" / "serial.log"))
     assert "its directory does not exist" in last_line(r)
