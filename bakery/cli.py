@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 from click.shell_completion import get_completion_class
@@ -44,13 +45,38 @@ def _check_disk_size(_ctx: click.Context, _param: click.Parameter, value: str) -
     return value
 
 
+def _check_config_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """The node fetches only http(s) URLs, and the URL is one kernel command-line word."""
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c.isspace() for c in value):
+        raise click.BadParameter(
+            f"{value!r} is not an http:// or https:// URL the node can fetch (e.g. http://10.0.0.1:8080/worker.yaml)"
+        )
+    return value
+
+
+def _check_kernel_args(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """talos.platform= and talos.config= have their own options; a second copy would contradict them."""
+    for word in value.split():
+        key = word.partition("=")[0]
+        if key in ("talos.platform", "talos.config", "talos.root"):
+            flag = {"talos.platform": "--platform", "talos.config": "--config-url"}.get(key)
+            fix = f"use {flag} instead" if flag else "the bake sets it"
+            raise click.BadParameter(f"{word} is set by the bake: {fix}")
+    return value
+
+
 def bake_options(func: F) -> F:
     """The options every command that bakes an image takes."""
     options = [
         click.option("--platform", type=click.Choice(PLATFORMS), default="kvm", show_default=True,
                      help="Platform the image is for (talos.platform= on the kernel command line)."),
-        click.option("--config-url", default=None, help="Machine config URL (talos.config=) for the boot entry."),
-        click.option("--extra-kernel-args", default="", help="Extra kernel command-line words."),
+        click.option("--config-url", default=None, callback=_check_config_url,
+                     help="Machine config URL (talos.config=) for the boot entry."),
+        click.option("--extra-kernel-args", default="", callback=_check_kernel_args,
+                     help="Extra kernel command-line words."),
         click.option("--disk-size", default=f"{DEFAULT_DISK_SIZE >> 30}G", show_default=True, callback=_check_disk_size,
                      help="Size of the disk image: 2G, 1536M, or a plain number of MiB (2048)."),
         click.option("--kernel-flavour", type=click.Choice(["cloud", "generic"]), default=None,

@@ -342,6 +342,23 @@ def test_sizes_plain_numbers_are_mib() -> None:
         parse_size("2 gigs")
 
 
+def test_config_url_and_kernel_args_are_checked_when_parsed(tmp_path: Path) -> None:
+    r = refused(tmp_path, "raw", "--config-url", "10.0.0.1/worker.yaml", code=2)
+    assert "'10.0.0.1/worker.yaml' is not an http:// or https:// URL the node can fetch" in r.output
+    r = refused(tmp_path, "xen", "--config-url", "ftp://h/c.yaml", code=2)
+    assert "is not an http:// or https:// URL" in r.output
+    r = refused(
+        tmp_path,
+        "install",
+        "--disk",
+        str(tmp_path / "d.raw"),
+        "--extra-kernel-args",
+        "talos.platform=aws",
+        code=2,
+    )
+    assert "talos.platform=aws is set by the bake: use --platform instead" in r.output
+
+
 def test_disk_size_is_checked_when_parsed(tmp_path: Path) -> None:
     r = refused(tmp_path, "raw", "--disk-size", "100", code=2)
     assert "Invalid value for '--disk-size': 100 is too small for the partitions: use" in r.output
