@@ -18,6 +18,7 @@ from bakery.errors import BakeError
 from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
 from bakery.layout import min_disk_size
 from bakery.lock import LOCK_PATH
+from bakery.lockguard import guarded
 from bakery.publish_metal import commands as metal_commands
 from platforms.aws.cli import command as aws_command
 from platforms.kvm.cli import command as kvm_command
@@ -88,7 +89,9 @@ def bake_options(func: F) -> F:
                      help="Download cache (verified by sha256)."),
         click.option("--locked", is_flag=True, help="Refuse any artifact not exactly in bake.lock."),
         click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path), default=LOCK_PATH,
-                     envvar="TALOS_BAKE_LOCK", show_default=True, help="Lock file to use (and update)."),
+                     envvar="TALOS_BAKE_LOCK", show_default=True, help="Lock file to use."),
+        click.option("--update-lock", is_flag=True,
+                     help="Write the versions this bake used into the lock (otherwise it is never changed)."),
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -111,11 +114,16 @@ def options_from(kw: dict[str, Any]) -> BakeOptions:
 
 
 def run_bake(kw: dict[str, Any]) -> BakeResult:
-    """Bake, turning BakeError into a one-line click error."""
+    """Bake (the tracked lock untouched unless --update-lock), turning BakeError into a one-line error."""
     try:
-        return bake(options_from(kw))
+        result, _moved = guarded(bake, options_from(kw), update_lock=kw.get("update_lock", False), say=_warn)
+        return result
     except BakeError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def _warn(text: str) -> None:
+    click.echo(f"warning: {text}", err=True)
 
 
 @click.group(

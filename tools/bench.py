@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
+from bakery.lockguard import guarded
 from tools import bench_aws, bench_node, bench_osd
 
 OUT = Path("_build/bench")
@@ -16,7 +17,9 @@ OUT = Path("_build/bench")
 
 def main() -> int:
     start = time.monotonic()
-    image = bake(BakeOptions(platform="kvm", out=OUT, quiet=True))
+    image, _moved = guarded(
+        bake, BakeOptions(platform="kvm", out=OUT, quiet=True), update_lock=False, say=print
+    )
     bake_s = time.monotonic() - start
     qcow = to_qcow2(image.raw, OUT / "talos-kvm.qcow2")
     m = json.loads(image.manifest.read_text())

@@ -11,6 +11,7 @@ from pathlib import Path
 from bakery import qemu
 from bakery.errors import BakeError
 from bakery.image import BakeOptions, bake
+from bakery.lockguard import guarded
 from tools import nodevm
 
 OUT = Path("_out")
@@ -32,7 +33,7 @@ def main() -> int:
 
     step("talos-bake raw --platform kvm (default image)")
     try:
-        image = bake(BakeOptions(platform="kvm", out=OUT))
+        image, _moved = guarded(bake, BakeOptions(platform="kvm", out=OUT), update_lock=False, say=print)
     except BakeError as exc:
         print(f"bake failed: {exc}", file=sys.stderr)
         return 1
