@@ -50,6 +50,20 @@ def test_global_flags_are_accepted_after_the_command(gen: Path, tmp_path: Path) 
     assert "--context prod: the talosconfig has no such context (it has: demo)" in r.output
 
 
+def test_endpoint_is_not_ignored_for_the_contexts_nodes(gen: Path, tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    cfg = talosconfig.load(gen / "talosconfig")
+    cfg.current().nodes = ["10.5.0.3"]
+    talosconfig.save(cfg, path)
+    r = run("version", "-e", "10.8.8.8", "--talosconfig", str(path))
+    assert r.exit_code == 1
+    assert r.output == (
+        "Error: -e 10.8.8.8 would be ignored: the context's nodes 10.5.0.3 are contacted directly (reaching "
+        "nodes through an endpoint is not implemented yet); pass -n with the nodes to talk to, or clear the "
+        "context's nodes with `osctl config node`\n"
+    )
+
+
 def test_context_flag_edits_that_context_and_keeps_the_current_one(gen: Path, tmp_path: Path) -> None:
     path = tmp_path / "config"
     assert run("config", "merge", str(gen / "talosconfig"), "--talosconfig", str(path)).exit_code == 0

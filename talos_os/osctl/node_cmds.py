@@ -68,13 +68,20 @@ def register(root: click.Group) -> None:
         root.add_command(command)
 
 
-def _refuse_relaying(endpoints: Sequence[str], nodes: Sequence[str]) -> None:
-    """``-n`` behind an explicit ``-e`` would need relaying through the endpoint, which osd cannot do
-    yet: refuse rather than silently contacting the nodes directly and ignoring ``-e``."""
+def _refuse_relaying(endpoints: Sequence[str], nodes: Sequence[str], *, context_nodes: bool = False) -> None:
+    """Nodes behind an explicit ``-e`` would need relaying through the endpoint, which osd cannot do
+    yet: refuse rather than silently contacting the nodes directly and ignoring ``-e``. The nodes are
+    ``-n``'s, or (``context_nodes``) the context's."""
     if not endpoints or not nodes:
         return
     reachable = {t.address for e in endpoints for t in resolve_targets([e], [])}
     behind = [n for n in nodes if resolve_targets(endpoints, [n])[0].address not in reachable]
+    if behind and context_nodes:
+        raise talosconfig.TalosConfigError(
+            f"-e {','.join(endpoints)} would be ignored: the context's nodes {','.join(behind)} are contacted "
+            "directly (reaching nodes through an endpoint is not implemented yet); pass -n with the nodes "
+            "to talk to, or clear the context's nodes with `osctl config node`"
+        )
     if behind:
         raise talosconfig.TalosConfigError(
             f"-n {','.join(behind)} is not one of -e {','.join(endpoints)}, and reaching nodes through an "
@@ -87,9 +94,12 @@ def _session() -> Calls:
     with user_errors():
         cfg = talosconfig.load(flags.talosconfig_path(ctx))
         context = flags.selected_context(cfg, ctx)
-        _refuse_relaying(flags.explicit(ctx, flags.ENDPOINTS), flags.explicit(ctx, flags.NODES))
+        given = flags.explicit(ctx, flags.NODES)
+        _refuse_relaying(
+            flags.explicit(ctx, flags.ENDPOINTS), given or context.nodes, context_nodes=not given
+        )
         endpoints = flags.explicit(ctx, flags.ENDPOINTS) or context.endpoints
-        nodes = flags.explicit(ctx, flags.NODES) or context.nodes
+        nodes = given or context.nodes
         targets = resolve_targets(endpoints, nodes)
         creds = Credentials.from_context(context)
         creds.check()
