@@ -19,12 +19,15 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import logging
 import os
 import socket
 import struct
 import subprocess
 import sys
 import threading
+
+log = logging.getLogger(__name__)
 
 #: The helper's uid and gid: an id no process or file on the node has, so "same owner" never applies.
 READER_ID = 0xFFFF_FFFD
@@ -151,6 +154,15 @@ class Opener:
         ours.settimeout(self.timeout)
         self._sock = ours
         return ours
+
+    def warm(self) -> None:
+        """Start the helper now (Python takes a while to start on a slow node), not at the first Read."""
+        try:
+            with self._lock:
+                if self._sock is None:
+                    self._start()
+        except OSError as exc:
+            log.warning("the reader's file opener did not start (the first Read retries): %s", exc)
 
     def open(self, tree: str, relative: str) -> int:
         """A read-only descriptor for ``tree/relative``, opened with a reader's (lack of) privilege."""

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import resource
+import threading
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
 from talos_os.init import control
-from talos_os.osd import kmsg, limits, node, opener, transfer
+from talos_os.osd import containers, kmsg, limits, node, opener, transfer
 from talos_os.osd.auth import (
     AuthInterceptor,
     Authorizer,
@@ -226,11 +227,53 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             ]
         )
 
+    def Containers(self, request: pb.ContainersRequest, context: grpc.ServicerContext) -> pb.ContainersReply:
+        try:
+            found = containers.list_containers(request.kubernetes)
+        except containers.ContainerError as exc:
+            abort(context, grpc.StatusCode.UNAVAILABLE, str(exc))
+        return pb.ContainersReply(
+            containers=[
+                pb.Container(
+                    namespace=c.namespace,
+                    id=c.id,
+                    image=c.image,
+                    pid=c.pid,
+                    status=c.status,
+                    pod=c.pod,
+                    name=c.name,
+                )
+                for c in found
+            ]
+        )
+
+    def _container_logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
+        """A Kubernetes container's output, from the CRI's log file."""
+        try:
+            found = containers.find(containers.list_containers(True), request.id)
+        except containers.ContainerError as exc:
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+        if found.log is None:
+            abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"container {request.id!r} is a pod sandbox: it has no log",
+            )
+        tail = request.tail if request.has_tail else None
+        try:
+            for lines in containers.read_log(found.log, tail, request.follow, context.is_active):
+                yield pb.Data(bytes=("\n".join(lines) + "\n").encode("utf-8", "replace"))
+        except containers.ContainerError as exc:
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
+
     def Logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
         if not request.id:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a service id is required")
         if request.has_tail and request.tail < 0:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "tail must not be negative")
+        if request.kubernetes:
+            yield from self._container_logs(request, context)
+            return
         cursor: int | None = None
         end: int | None = None
         while context.is_active():
@@ -423,6 +466,7 @@ class Osd:
             )
         server.start()
         self._server = server
+        threading.Thread(target=self._servicer.opener.warm, name="opener-warm", daemon=True).start()
         if self._tls12_accepted(bound):
             self.stop()
             raise OsdError(
