@@ -1,0 +1,162 @@
+"""The step cache and the pipeline with toy steps: keys, skipping, damage detection, list and prune."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from bakery.errors import BakeError
+from bakery.pipeline import Pipeline, Step, path_digest
+from bakery.progress import Progress
+from bakery.sparse import sha256_hex
+from bakery.stepcache import Entry, Staging, StepCache, file_digest
+
+
+@dataclass
+class Ctx:
+    """A toy bake: one option per step, and a log of which steps ran."""
+
+    word: str = "hello"
+    suffix: str = "!"
+    ran: list[str] = field(default_factory=list)
+
+
+def make_base(ctx: Ctx, staging: Staging, inputs: Mapping[str, Entry]) -> None:
+    ctx.ran.append("base")
+    (staging.out / "base.txt").write_text(ctx.word)
+    (staging.out / "sub").mkdir()
+    (staging.out / "sub" / "link").symlink_to("../base.txt")
+    staging.meta["length"] = len(ctx.word)
+
+
+def make_top(ctx: Ctx, staging: Staging, inputs: Mapping[str, Entry]) -> None:
+    ctx.ran.append("top")
+    base = (inputs["base"].out / "base.txt").read_text()
+    (staging.out / "top.txt").write_text(base + ctx.suffix)
+    staging.meta["base"] = inputs["base"].meta
+
+
+STEPS = {
+    "base": Step[Ctx]("base", make_base, params=lambda ctx: {"word": ctx.word}, code=("bakery.stepcache",)),
+    "top": Step[Ctx]("top", make_top, needs=("base",), params=lambda ctx: {"suffix": ctx.suffix}),
+}
+
+
+def pipeline(ctx: Ctx, cache: Path, messages: list[str] | None = None) -> Pipeline[Ctx]:
+    progress = Progress(quiet=True)
+    if messages is not None:
+        progress.say = messages.append  # type: ignore[method-assign]
+    return Pipeline(STEPS, ctx, StepCache(cache), progress)
+
+
+def test_a_cached_step_is_not_run_again(tmp_path: Path) -> None:
+    first = Ctx()
+    top = pipeline(first, tmp_path).get("top")
+    assert first.ran == ["base", "top"]
+    assert (top.out / "top.txt").read_text() == "hello!"
+    assert top.meta == {"base": {"length": 5}}
+    again = Ctx()
+    p = pipeline(again, tmp_path)
+    assert (p.get("top").out / "top.txt").read_text() == "hello!"
+    assert again.ran == [] and p.report["top"]["cached"] is True
+
+
+def test_only_the_steps_whose_inputs_changed_run(tmp_path: Path) -> None:
+    pipeline(Ctx(), tmp_path).get("top")
+    other_suffix = Ctx(suffix="?")
+    assert (pipeline(other_suffix, tmp_path).get("top").out / "top.txt").read_text() == "hello?"
+    assert other_suffix.ran == ["top"]  # base's key does not include the suffix
+    other_word = Ctx(word="bye")
+    pipeline(other_word, tmp_path).get("top")
+    assert other_word.ran == ["base", "top"]  # top's key includes base's key
+
+
+def test_keys_cover_params_needs_code_and_files(tmp_path: Path) -> None:
+    p = pipeline(Ctx(), tmp_path)
+    assert p.key("top") == pipeline(Ctx(), tmp_path).key("top")
+    assert p.key("top") != pipeline(Ctx(word="x"), tmp_path).key("top")
+    data = tmp_path / "input.txt"
+    data.write_text("one")
+    steps = {"s": Step[Ctx]("s", make_base, files=(data,), tools=("sgdisk",))}
+    before = Pipeline(steps, Ctx(), StepCache(tmp_path), Progress(quiet=True)).key("s")
+    data.write_text("two")
+    assert Pipeline(steps, Ctx(), StepCache(tmp_path), Progress(quiet=True)).key("s") != before
+    inputs = Pipeline(steps, Ctx(), StepCache(tmp_path), Progress(quiet=True)).inputs("s")
+    assert set(inputs["tools"]) == {"sgdisk"}  # type: ignore[arg-type]
+
+
+def test_an_unknown_step_is_one_clear_error(tmp_path: Path) -> None:
+    steps = {"s": Step[Ctx]("s", make_base, needs=("missing",))}
+    with pytest.raises(BakeError, match="no bake step 'missing'"):
+        Pipeline(steps, Ctx(), StepCache(tmp_path), Progress(quiet=True)).get("s")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove", "extra", "record", "mode"])
+def test_a_damaged_entry_is_detected_and_rebuilt(tmp_path: Path, damage: str) -> None:
+    entry = pipeline(Ctx(), tmp_path).get("base")
+    target = entry.out / "base.txt"
+    if damage == "truncate":
+        target.write_text("hel")
+    elif damage == "flip":
+        target.write_text("jello")  # same size, other bytes
+    elif damage == "remove":
+        target.unlink()
+    elif damage == "extra":
+        (entry.out / "stray").write_text("x")
+    elif damage == "record":
+        (entry.path / "entry.json").write_text("{")
+    else:
+        target.chmod(0o600)
+    messages: list[str] = []
+    ctx = Ctx()
+    again = pipeline(ctx, tmp_path, messages).get("base")
+    assert ctx.ran == ["base"], "the damaged entry was used"
+    assert (again.out / "base.txt").read_text() == "hello"
+    assert any("damaged" in m for m in messages)
+    assert pipeline(Ctx(), tmp_path).get("base").out == again.out
+
+
+def test_sparse_digest_depends_on_content_only(tmp_path: Path) -> None:
+    sparse, dense = tmp_path / "sparse", tmp_path / "dense"
+    with open(sparse, "wb") as f:
+        f.truncate(5 << 20)
+        f.seek(3 << 20)
+        f.write(b"data")
+    content = bytearray(5 << 20)
+    content[3 << 20 : (3 << 20) + 4] = b"data"
+    dense.write_bytes(bytes(content))
+    assert file_digest(sparse) == file_digest(dense)
+    assert sha256_hex(sparse) == sha256_hex(dense)
+    dense.write_bytes(bytes(content[:-1]))
+    assert file_digest(sparse) != file_digest(dense)
+
+
+def test_list_and_prune_keep_the_most_recently_used(tmp_path: Path) -> None:
+    cache = StepCache(tmp_path)
+    for n, word in enumerate(["a", "b", "c"]):
+        entry = pipeline(Ctx(word=word), tmp_path).get("base")
+        os.utime(entry.path / "entry.json", (1000 + n, 1000 + n))
+    pipeline(Ctx(word="a"), tmp_path).get("base")  # a use makes "a" the newest
+    (cache.root / ".tmp-base-999999999-dead").mkdir()  # a killed bake's leftover
+    entries = cache.entries()
+    assert [json.loads((e.path / "entry.json").read_text())["meta"]["length"] for e in entries] == [1, 1, 1]
+    removed, freed = cache.prune(keep=1)
+    assert len(removed) == 2 and freed > 0
+    kept = cache.entries()
+    assert len(kept) == 1 and (kept[0].out / "base.txt").read_text() == "a"
+    assert not (cache.root / ".tmp-base-999999999-dead").exists()
+
+
+def test_path_digest_ignores_bytecode(tmp_path: Path) -> None:
+    (tmp_path / "m.py").write_text("x = 1\n")
+    before = path_digest(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"junk")
+    assert path_digest(tmp_path) == before
+    (tmp_path / "m.py").write_text("x = 2\n")
+    assert path_digest(tmp_path) != before
