@@ -7,6 +7,7 @@ x86_64). A bake from a warm cache makes no network call.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import re
@@ -14,7 +15,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from bakery.errors import BakeError
@@ -33,6 +35,8 @@ WHEEL_TARGET = [
     "--abi", "abi3",
     "--abi", "none",
 ]  # fmt: skip
+# Parallel downloads: enough to hide each apt-get/pip start-up, few enough for one mirror.
+DOWNLOAD_WORKERS = 6
 
 
 def sha256_of(path: Path) -> str:
@@ -86,6 +90,32 @@ class Fetcher:
         self.lock.kernels[flavour] = name
         return name
 
+    def prefetch(self, debs: Sequence[str]) -> None:
+        """Download the locked ``debs`` and wheels missing from the cache, several at a time, behind one counter.
+
+        Only fills the cache: resolving, verifying and updating the lock stay with ``deb`` and
+        ``wheels``, which then find the files in place (and report any that failed here).
+        """
+        jobs: list[Callable[[], object]] = []
+        for name in dict.fromkeys(debs):
+            pin = self.lock.debs.get(name)
+            if pin is not None and not _intact(self.cache / "debs" / pin.file, pin):
+                jobs.append(functools.partial(self._apt_download, name, pin.version, quiet=True))
+        for pin in self.lock.wheels.values():
+            if not _intact(self.cache / "wheels" / pin.file, pin):
+                reqs = [f"{wheel_name_version(pin.file)[0]}=={pin.version}"]
+                jobs.append(functools.partial(self._pip_download, reqs, self.cache / "wheels", deps=False))
+        if not jobs:
+            return
+        self.progress.say(f"downloading {len(jobs)} files, {DOWNLOAD_WORKERS} at a time")
+        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
+            futures = [pool.submit(job) for job in jobs]
+            for done, future in enumerate(as_completed(futures), start=1):
+                error = future.exception()
+                if error is not None and not isinstance(error, BakeError):
+                    raise error
+                self.progress.count("downloaded", done, len(jobs))
+
     def _cached(self, name: str) -> bool:
         pin = self.lock.debs.get(name)
         if pin is None:
@@ -133,8 +163,9 @@ class Fetcher:
             raise BakeError(f"apt knows no package {name!r}: run `apt-get update` (or `make deps`) first")
         return m.group(1)
 
-    def _apt_download(self, name: str, version: str) -> Path | None:
-        self.progress.say(f"downloading {name} {version}")
+    def _apt_download(self, name: str, version: str, *, quiet: bool = False) -> Path | None:
+        if not quiet:
+            self.progress.say(f"downloading {name} {version}")
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
             proc = subprocess.run(
                 [which("apt-get"), "-q", "-o", "APT::Sandbox::User=root", "download", f"{name}={version}"],
@@ -199,3 +230,8 @@ class Fetcher:
         if proc.returncode != 0:
             tail = " ".join(proc.stderr.strip().splitlines()[-3:])
             raise BakeError(f"pip could not download {' '.join(reqs)}: {tail}")
+
+
+def _intact(path: Path, pin: Pin) -> bool:
+    """The cached file is there and matches its pin."""
+    return path.exists() and sha256_of(path) == pin.sha256

@@ -1,57 +1,45 @@
 """The bake: recipe -> artifacts -> root tree -> squashfs + initramfs -> bootable GPT disk image.
 
-Read ``bake()`` top to bottom for the whole flow. Everything is built as files (no mount, no
-loop device, no root) and every output appears under its final name only when complete.
+Each of those is a cached step (``bakery/steps.py``) named by the hash of exactly its inputs
+(``bakery/pipeline.py``); ``bake()`` asks for the disk, runs only the steps whose output is not in
+the cache (``bakery/stepcache.py``), then copies the results out and writes the manifest.
+Everything is built as files (no mount, no loop device, no root) and every output appears under
+its final name only when complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from bakery import bootloader, deb, initramfs, layout, rootfs
+from bakery import layout, steps
 from bakery.atomic import atomic_path, write_atomic
 from bakery.errors import BakeError
-from bakery.fetch import Fetcher, sha256_of
-from bakery.lock import LOCK_PATH, Lock
+from bakery.fetch import Fetcher
+from bakery.lock import Lock
+from bakery.options import CONSOLE_ARGS as CONSOLE_ARGS
+from bakery.options import DEFAULT_DISK_SIZE as DEFAULT_DISK_SIZE
+from bakery.options import DEFAULT_EPOCH as DEFAULT_EPOCH
+from bakery.options import KSPP_ARGS as KSPP_ARGS
+from bakery.options import BakeOptions as BakeOptions
+from bakery.options import kernel_cmdline as kernel_cmdline
+from bakery.pipeline import Pipeline, Step
 from bakery.progress import Progress
-from bakery.recipe import KernelRecipe, load_kernel, load_rootfs
+from bakery.recipe import load_kernel, load_rootfs
+from bakery.stepcache import StepCache
+from bakery.steps import BakeContext
 from bakery.tools import run
 from talos_os import __version__
-from talos_os.init.hardening import KSPP_CMDLINE
-from talos_os.kmod import ModuleIndex
 from talos_os.plugins import discover
 
-KSPP_ARGS = " ".join(KSPP_CMDLINE)
-CONSOLE_ARGS = "console=tty0 console=ttyS0"
-DEFAULT_EPOCH = 1704067200  # 2024-01-01, when SOURCE_DATE_EPOCH is not set
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DISK_SIZE = 2 << 30
-
-
-@dataclass
-class BakeOptions:
-    """Everything a bake depends on besides the recipes and the lock."""
-
-    platform: str = "kvm"
-    config_url: str | None = None
-    extra_kernel_args: str = ""
-    disk_size: int = DEFAULT_DISK_SIZE
-    out: Path = Path("_out")
-    cache: Path = Path.home() / ".cache" / "talos-bake"
-    locked: bool = False
-    flavour: str | None = None
-    epoch: int = field(default_factory=lambda: int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))
-    lock_path: Path = LOCK_PATH
-    quiet: bool = False
+# format -> the output file of its conversion step (the step is named by the format)
+CONVERSIONS = {"qcow2": "disk.qcow2"}
 
 
 @dataclass
@@ -63,142 +51,33 @@ class BakeResult:
     kernel: Path
     initramfs: Path
     data: dict[str, object]
+    converted: dict[str, Path] = field(default_factory=dict)
 
 
-def kernel_cmdline(opts: BakeOptions, slot: str = "A") -> str:
-    """The kernel command line written into the boot entries."""
-    words = [
-        KSPP_ARGS,
-        CONSOLE_ARGS,
-        "printk.devkmsg=on",
-        f"talos.platform={opts.platform}",
-        f"talos.root=ROOT-{slot}",
-    ]
-    if opts.config_url:
-        words.append(f"talos.config={opts.config_url}")
-    if opts.extra_kernel_args.strip():
-        words.append(opts.extra_kernel_args.strip())
-    return " ".join(words)
+def _link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link into the cache where the file system allows it (the binary is large), else a copy."""
+    with atomic_path(dest) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            tmp.chmod(0o755)
 
 
-def boot_module_order(recipe: KernelRecipe, index: ModuleIndex, flavour: str) -> tuple[list[str], list[str]]:
-    """Modules the initramfs loads, in order, and the optional ones this flavour lacks."""
-    missing = [m for m in recipe.boot_modules if not index.has(m)]
-    if missing:  # a silently dropped boot module is a node that cannot find its disk or config
-        raise BakeError(
-            f"kernel flavour {flavour!r} has no boot module {', '.join(map(repr, missing))}: "
-            "fix the name in bakery/recipes/kernel.yaml or choose another --kernel-flavour"
-        )
-    order: list[str] = list(recipe.boot_modules)
-    skipped: list[str] = []
-    for name, mods in recipe.platforms.items():
-        for m in mods.required:
-            if not index.has(m):
-                raise BakeError(
-                    f"kernel flavour {flavour!r} has no module {m!r}, which platform {name} needs: "
-                    "choose another --kernel-flavour"
-                )
-            order.append(m)
-        for m in mods.optional:
-            (order if index.has(m) else skipped).append(m)
-    return list(dict.fromkeys(order)), skipped
+class _LockMoved(Exception):
+    """Fetching changed the lock after the keys were computed from it: compute them again."""
 
 
-PROJECT_FILES = ("pyproject.toml", "README.md", "talos_os", "platforms", "bakery")
-
-
-def build_project_wheel(dest: Path) -> Path:
-    """Our own wheel, built without network (no build isolation) from a clean copy of the sources,
-    so setuptools' build/ directory neither lands in the checkout nor leaks stale files into the image."""
-    if not (REPO_ROOT / "pyproject.toml").exists():
-        raise BakeError(f"no pyproject.toml at {REPO_ROOT}: talos-bake must run from a source checkout")
-    src = dest / "src"
-    for name in PROJECT_FILES:
-        if (REPO_ROOT / name).is_dir():
-            shutil.copytree(
-                REPO_ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-            )
-        else:
-            src.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, src / name)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(src)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    wheels = list(dest.glob("talos_os-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        raise BakeError(f"building the talos-os wheel failed: {proc.stderr.strip().splitlines()[-1:]}")
-    return wheels[0]
-
-
-def splice(disk: Path, image: Path, offset: int, limit: int) -> None:
-    """Copy ``image`` into ``disk`` at ``offset``, skipping zero blocks so the disk stays sparse."""
-    size = image.stat().st_size
-    if size > limit:
-        raise BakeError(f"{image.name} ({size >> 20} MiB) does not fit its partition ({limit >> 20} MiB)")
-    block = 1 << 16
-    with open(image, "rb") as src, open(disk, "r+b") as dst:
-        pos = 0
-        while chunk := src.read(block):
-            if chunk.count(0) != len(chunk):
-                dst.seek(offset + pos)
-                dst.write(chunk)
-            pos += len(chunk)
-
-
-def make_esp(path: Path, size: int, efi_binary: Path, volume_id: str, epoch: int) -> None:
-    """FAT EFI system partition holding only GRUB's EFI binary (the kernel stays on BOOT)."""
-    env = {"SOURCE_DATE_EPOCH": str(epoch), "MTOOLS_SKIP_CHECK": "1"}
-    run(["mkfs.vfat", "--invariant", "-i", volume_id, "-n", "EFI", "-C", path, str(size // 1024)], env=env,
-        what="mkfs.vfat")  # fmt: skip
-    run(["mmd", "-i", path, "::/EFI", "::/EFI/BOOT"], env=env, what="mmd")
-    os.utime(efi_binary, (epoch, epoch))
-    run(["mcopy", "-m", "-i", path, efi_binary, "::/EFI/BOOT/BOOTX64.EFI"], env=env, what="mcopy")
-
-
-def make_boot_fs(path: Path, size: int, staging: Path, fs_uuid: str, hash_seed: str, epoch: int) -> None:
-    """ext4 BOOT filesystem (GRUB and pygrub both read it) populated from ``staging``."""
-    for dirpath, dirnames, filenames in os.walk(staging):
-        for name in dirnames + filenames:
-            os.utime(Path(dirpath, name), (epoch, epoch), follow_symlinks=False)
-    os.utime(staging, (epoch, epoch))
-    run(["mkfs.ext4", "-q", "-F", "-L", "BOOT", "-U", fs_uuid, "-E", f"hash_seed={hash_seed},root_owner=0:0",
-         "-O", "^has_journal,^metadata_csum_seed", "-m", "0", "-d", staging, path, f"{size // 1024}k"],
-        env={"E2FSPROGS_FAKE_TIME": str(epoch)}, what="mkfs.ext4")  # fmt: skip
-    # mkfs.ext4 -d copies each file's ctime (utime cannot set it) and reading a directory moves its
-    # atime: pin all three times afterwards.
-    paths = [
-        "/",
-        "/lost+found",
-        *sorted(
-            "/" + str(Path(d, n).relative_to(staging))
-            for d, dirs, files in os.walk(staging)
-            for n in dirs + files
-        ),
-    ]
-    script = path.with_suffix(".debugfs")
-    script.write_text(
-        "".join(
-            f"set_inode_field {p} {field} @{epoch}\n" for p in paths for field in ("ctime", "atime", "mtime")
-        )
-    )
-    run(["debugfs", "-w", "-f", script, path], env={"E2FSPROGS_FAKE_TIME": str(epoch)}, what="debugfs")
-
-
-def make_squashfs(tree: Path, out: Path, epoch: int) -> None:
-    """Read-only root: zstd, root-owned, fixed timestamps (mksquashfs is reproducible by default)."""
-    run(["mksquashfs", tree, out, "-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "256K",
-         "-all-root", "-all-time", str(epoch), "-mkfs-time", str(epoch), "-no-xattrs", "-quiet", "-no-progress"],
-        what="mksquashfs")  # fmt: skip
-
-
-def bake(opts: BakeOptions) -> BakeResult:
-    """Bake a raw disk image for ``opts.platform``; returns where everything went."""
+def bake(opts: BakeOptions, formats: Sequence[str] = ()) -> BakeResult:
+    """Bake a raw disk image for ``opts.platform`` (and ``formats``, e.g. qcow2); returns where everything went."""
     progress = Progress(quiet=opts.quiet)
     opts = dataclasses.replace(opts, out=opts.out.resolve(), cache=opts.cache.resolve())
     plugins = discover()
     if opts.platform not in plugins:
         raise BakeError(f"unknown platform {opts.platform!r}: choose one of {', '.join(plugins)}")
+    unknown = [f for f in formats if f not in CONVERSIONS]
+    if unknown:
+        raise BakeError(f"unknown image format {unknown[0]!r}: choose one of {', '.join(CONVERSIONS)}")
     layout.plan(opts.disk_size, "check")  # fail early on a disk that is too small
     kernel_recipe, rootfs_recipe = load_kernel(), load_rootfs()
     if set(kernel_recipe.platforms) != set(plugins):
@@ -206,145 +85,141 @@ def bake(opts: BakeOptions) -> BakeResult:
             f"kernel.yaml lists modules for platforms {sorted(kernel_recipe.platforms)} but the installed plugins "
             f"are {sorted(plugins)}: give every plugin an entry in bakery/recipes/kernel.yaml"
         )
-    flavour = kernel_recipe.flavour(opts.flavour)
     lock = Lock.load(opts.lock_path)
-    before = lock.dump()
     fetcher = Fetcher(opts.cache, lock, locked=opts.locked, progress=progress)
     opts.out.mkdir(parents=True, exist_ok=True)
-    _check_space(opts.out, opts.disk_size)
+    _check_space(opts.out, opts.cache)
+    steps.load_payloads()
+    ctx = BakeContext(
+        opts, kernel_recipe, rootfs_recipe, kernel_recipe.flavour(opts.flavour), lock, fetcher, progress
+    )
+    saved = lock.dump()
+    if not ctx.lock_covers_recipes():  # keys are made of pins: get the missing ones first
+        ctx.artifacts()
+        saved = _save_lock(ctx, saved)
 
-    with progress.step("fetching packages"):
-        kernel_pkg = fetcher.kernel_package(flavour.name, flavour.package)
-        kernel_deb = fetcher.deb(kernel_pkg)
-        debs = []
-        for i, name in enumerate(rootfs_recipe.debs, start=1):
-            debs.append(fetcher.deb(name))
-            progress.count("debian packages", i, len(rootfs_recipe.debs))
-        wheels = fetcher.wheels(rootfs_recipe.wheels)
-    for update in fetcher.updates:
-        progress.say(f"updated {update}")
-    if not opts.locked and lock.dump() != before:
-        lock.save(opts.lock_path)
-        progress.say(f"lock written: {opts.lock_path}")
+    for _attempt in range(2):
+        pipeline = _pipeline(ctx, saved)
+        try:
+            disk = pipeline.get("disk")
+            break
+        except _LockMoved:
+            saved = _save_lock(ctx, saved)
+    else:  # pragma: no cover - the second pipeline starts from the fetched lock, which no longer moves
+        raise BakeError("the lock kept changing while baking: bake again")
+    kernel, initrd = pipeline.get("kernel"), pipeline.get("initramfs")
 
-    with tempfile.TemporaryDirectory(dir=opts.out, prefix=".bake-") as tmp:
-        work = Path(tmp)
-        with progress.step("kernel"):
-            kroot = work / "kernel"
-            kroot.mkdir()
-            deb.make_merged_root(kroot)
-            deb.extract(kernel_deb, kroot)
-            version = kernel_pkg.removeprefix("linux-image-")
-            run(["depmod", "-b", kroot, version], what="depmod")
-            index = ModuleIndex.load(kroot / "usr/lib/modules" / version)
-            load_order, skipped = boot_module_order(kernel_recipe, index, flavour.name)
-            if skipped:
-                progress.say(f"flavour {flavour.name} lacks optional modules: {', '.join(skipped)}")
-            rootfs_modules = index.closure(m for m in kernel_recipe.rootfs_modules if index.has(m))
-            module_paths = [index.paths[m] for m in index.closure([*load_order, *rootfs_modules])]
-        with progress.step("root filesystem"):
-            project_wheel = build_project_wheel(work / "wheel")
-            tree = work / "rootfs"
-            report = rootfs.build(
-                tree,
-                rootfs_recipe,
-                debs,
-                wheels,
-                project_wheel,
-                kroot,
-                version,
-                module_paths,
-                load_modules=[m for m in kernel_recipe.rootfs_modules if index.has(m)],
-            )
-        with progress.step("initramfs"):
-            initrd = work / "initramfs.zst"
-            ireport = initramfs.build(tree, kroot, version, index, load_order, initrd, opts.epoch)
-        with progress.step("squashfs"):
-            squash = work / "root.sqsh"
-            make_squashfs(tree, squash, opts.epoch)
-        vmlinuz = kroot / "boot" / f"vmlinuz-{version}"
+    final = opts.out / f"talos-{opts.platform}.raw"
+    with progress.step("copying the image out"):
+        with atomic_path(final) as tmp:
+            run(["cp", "--sparse=always", disk.out / "disk.raw", tmp], what="cp")
+        kernel_out = opts.out / f"talos-{opts.platform}-vmlinuz"
+        initrd_out = opts.out / f"talos-{opts.platform}-initramfs.zst"
+        write_atomic(kernel_out, steps.vmlinuz(kernel).read_bytes())
+        write_atomic(initrd_out, (initrd.out / "initramfs.zst").read_bytes())
+        if "kubernetes" in steps.PAYLOADS:  # the payload's kubectl, the operator's client for this version
+            _link_or_copy(pipeline.get("kubernetes").out / "k8s", opts.out / "kubectl")
+        converted = {}
+        for fmt in formats:
+            entry = pipeline.get(fmt)
+            converted[fmt] = opts.out / f"talos-{opts.platform}.{fmt}"
+            with atomic_path(converted[fmt]) as tmp:
+                run(["cp", "--sparse=always", entry.out / CONVERSIONS[fmt], tmp], what="cp")
 
-        seed = hashlib.sha256(
-            json.dumps([__version__, lock.dump(), opts.platform, kernel_cmdline(opts), opts.disk_size, opts.epoch,
-                        sha256_of(squash), sha256_of(initrd)]).encode()
-        ).hexdigest()  # fmt: skip
-        with progress.step("disk image"):
-            parts = {p.name: p for p in layout.plan(opts.disk_size, seed)}
-            boot_uuid = layout.stable_uuid(seed, "BOOT-fs")
-            boot_img, core_img, efi = bootloader.make_images(work, boot_uuid)
-            staging = work / "boot"
-            (staging / "boot/grub").mkdir(parents=True)
-            (staging / "boot/A").mkdir()
-            (staging / "boot/B").mkdir()
-            shutil.copy(vmlinuz, staging / "boot/A/vmlinuz")
-            shutil.copy(initrd, staging / "boot/A/initramfs.zst")
-            (staging / "boot/grub/grub.cfg").write_text(
-                bootloader.grub_cfg([("A", kernel_cmdline(opts, "A")), ("B", kernel_cmdline(opts, "B"))])
-            )
-            boot_fs = work / "boot.ext4"
-            make_boot_fs(boot_fs, parts["BOOT"].size, staging, boot_uuid, layout.stable_uuid(seed, "BOOT-hash"),
-                         opts.epoch)  # fmt: skip
-            esp = work / "esp.vfat"
-            make_esp(esp, parts["EFI"].size, efi, layout.stable_uuid(seed, "EFI-fs")[:8].upper(), opts.epoch)
-
-            final = opts.out / f"talos-{opts.platform}.raw"
-            with atomic_path(final) as disk:
-                with open(disk, "wb") as f:
-                    f.truncate(opts.disk_size)
-                run(["sgdisk", *layout.sgdisk_args(list(parts.values()), seed), disk], what="sgdisk")
-                splice(disk, esp, parts["EFI"].offset, parts["EFI"].size)
-                splice(disk, boot_fs, parts["BOOT"].offset, parts["BOOT"].size)
-                splice(disk, squash, parts["ROOT-A"].offset, parts["ROOT-A"].size)
-                bootloader.install_bios(disk, boot_img, core_img, parts["BIOS"].first_lba, parts["BIOS"].size)
-            kernel_out = opts.out / f"talos-{opts.platform}-vmlinuz"
-            initrd_out = opts.out / f"talos-{opts.platform}-initramfs.zst"
-            write_atomic(kernel_out, vmlinuz.read_bytes())
-            write_atomic(initrd_out, initrd.read_bytes())
-
-        allocated = final.stat().st_blocks * 512
-        data: dict[str, object] = {
-            "talos_os_version": __version__,
-            "platform": opts.platform,
-            "image": final.name,
-            "sha256": sha256_of(final),
-            "size_apparent": opts.disk_size,
-            "size_allocated": allocated,
-            "kernel": {"package": kernel_pkg, "version": lock.debs[kernel_pkg].version, "release": version},
-            "cmdline": kernel_cmdline(opts),
-            "source_date_epoch": opts.epoch,
-            "squashfs_bytes": squash.stat().st_size,
-            "initramfs_bytes": initrd.stat().st_size,
-            "rootfs_component_bytes": report.sizes,
-            "initramfs_component_bytes": ireport.sizes,
-            "initramfs_modules": ireport.modules,
-            "partitions": [
-                {
-                    "number": p.number,
-                    "name": p.name,
-                    "first_lba": p.first_lba,
-                    "last_lba": p.last_lba,
-                    "guid": p.guid,
-                }
-                for p in parts.values()
-            ],
-            "packages": {name: lock.debs[name].version for name in [kernel_pkg, *rootfs_recipe.debs]},
-            "wheels": {name: pin.version for name, pin in lock.wheels.items()},
-            "timings_seconds": {k: round(v, 2) for k, v in progress.timings.items()},
-        }
-        manifest = opts.out / f"talos-{opts.platform}.raw.manifest.json"
-        write_atomic(manifest, (json.dumps(data, indent=2) + "\n").encode())
+    data = _manifest(ctx, pipeline, disk.meta, final, progress)
+    manifest = opts.out / f"talos-{opts.platform}.raw.manifest.json"
+    write_atomic(manifest, (json.dumps(data, indent=2) + "\n").encode())
+    allocated = final.stat().st_blocks * 512
     progress.say(f"image: {final} ({allocated >> 20} MiB allocated of {opts.disk_size >> 20} MiB)")
-    return BakeResult(raw=final, manifest=manifest, kernel=kernel_out, initramfs=initrd_out, data=data)
+    return BakeResult(final, manifest, kernel_out, initrd_out, data, converted)
 
 
-def _check_space(out: Path, disk_size: int) -> None:
-    """A bake needs room for the work tree and the (sparse) image: refuse early when it is not there."""
-    free = shutil.disk_usage(out).free
+def _pipeline(ctx: BakeContext, lock_text: str) -> Pipeline[BakeContext]:
+    """A pipeline over the registered steps whose keys come from the lock as ``lock_text`` has it."""
+
+    def before_run(step: Step[BakeContext]) -> None:
+        if step.fetches:
+            ctx.artifacts()
+            if ctx.lock.dump() != lock_text:
+                raise _LockMoved
+
+    pipeline = Pipeline(steps.STEPS, ctx, StepCache(ctx.opts.cache), ctx.progress, before_run)
+    ctx.key = pipeline.key
+    return pipeline
+
+
+def _save_lock(ctx: BakeContext, saved: str) -> str:
+    """Write the lock when fetching changed it (never with --locked); returns its text."""
+    text = ctx.lock.dump()
+    if not ctx.opts.locked and text != saved:
+        ctx.lock.save(ctx.opts.lock_path)
+        ctx.progress.say(f"lock written: {ctx.opts.lock_path}")
+    return text
+
+
+def _manifest(
+    ctx: BakeContext,
+    pipeline: Pipeline[BakeContext],
+    disk: Mapping[str, Any],
+    final: Path,
+    progress: Progress,
+) -> dict[str, object]:
+    """What went in: versions, sizes, partitions, each step's key (the figures travel in the disk step's record)."""
+    opts, lock = ctx.opts, ctx.lock
+    squashfs, boot = disk["squashfs"], disk["boot"]
+    rootfs_meta, initrd, kernel = squashfs["rootfs"], boot["initramfs"], boot["kernel"]
+    data: dict[str, object] = {
+        "talos_os_version": __version__,
+        "platform": opts.platform,
+        "image": final.name,
+        "sha256": disk["sha256"],
+        "size_apparent": opts.disk_size,
+        "size_allocated": final.stat().st_blocks * 512,
+        "kernel": {
+            "package": kernel["package"],
+            "version": lock.debs[kernel["package"]].version,
+            "release": kernel["release"],
+        },
+        "cmdline": kernel_cmdline(opts),
+        "source_date_epoch": opts.epoch,
+        "squashfs_bytes": squashfs["bytes"],
+        "initramfs_bytes": initrd["compressed"],
+        "rootfs_component_bytes": rootfs_meta["sizes"],
+        "initramfs_component_bytes": initrd["sizes"],
+        "initramfs_modules": initrd["modules"],
+        "partitions": [
+            {
+                "number": p.number,
+                "name": p.name,
+                "first_lba": p.first_lba,
+                "last_lba": p.last_lba,
+                "guid": p.guid,
+            }
+            for p in layout.plan(opts.disk_size, ctx.seed())
+        ],
+        "packages": {name: lock.debs[name].version for name in [kernel["package"], *ctx.rootfs_recipe.debs]},
+        "wheels": {name: pin.version for name, pin in lock.wheels.items()},
+        "steps": {
+            name: {"key": pipeline.key(name), **pipeline.report.get(name, {})} for name in pipeline.report
+        },
+        "timings_seconds": {k: round(v, 2) for k, v in progress.timings.items()},
+    }
+    for name, payload in sorted(steps.PAYLOADS.items()):
+        if payload.manifest is not None:
+            data[name] = payload.manifest(rootfs_meta.get("payloads", {}).get(name, {}), rootfs_meta)
+    return data
+
+
+def _check_space(out: Path, cache: Path) -> None:
+    """A bake needs room for the image and, when steps run, their outputs: refuse early when it is not there."""
     need = 1 << 30
-    if free < need:
-        raise BakeError(
-            f"only {free >> 20} MiB free in {out}: a bake needs about {need >> 20} MiB; free some space"
-        )
+    cache.mkdir(parents=True, exist_ok=True)
+    for where in dict.fromkeys([out, cache]):
+        free = shutil.disk_usage(where).free
+        if free < need:
+            raise BakeError(
+                f"only {free >> 20} MiB free in {where}: a bake needs about {need >> 20} MiB; free some space"
+            )
 
 
 def to_qcow2(raw: Path, out: Path) -> Path:

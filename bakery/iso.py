@@ -25,7 +25,7 @@ from typing import Any
 from bakery import bootloader, gpt
 from bakery.atomic import atomic_path
 from bakery.errors import BakeError
-from bakery.image import make_esp
+from bakery.filesystems import make_esp
 from bakery.tools import run
 
 ROOT_PATH = "talos/root.sqsh"

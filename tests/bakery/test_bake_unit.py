@@ -354,7 +354,7 @@ def test_boot_filesystem_is_byte_identical_across_builds(tmp_path: Path) -> None
     import hashlib
     import time
 
-    from bakery.image import make_boot_fs
+    from bakery.filesystems import make_boot_fs
 
     digests = []
     for run_no in range(2):
@@ -372,8 +372,8 @@ def test_boot_filesystem_is_byte_identical_across_builds(tmp_path: Path) -> None
 
 
 def test_a_boot_module_missing_from_the_kernel_stops_the_bake() -> None:
-    from bakery.image import boot_module_order
     from bakery.recipe import load_kernel
+    from bakery.steps import boot_module_order
     from talos_os.kmod import ModuleIndex
 
     recipe = load_kernel()

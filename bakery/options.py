@@ -1,0 +1,53 @@
+"""What a bake is asked for: the options besides the recipes and the lock, and the kernel command line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bakery.lock import LOCK_PATH
+from talos_os.init.hardening import KSPP_CMDLINE
+
+KSPP_ARGS = " ".join(KSPP_CMDLINE)
+CONSOLE_ARGS = "console=tty0 console=ttyS0"
+DEFAULT_EPOCH = 1704067200  # 2024-01-01, when SOURCE_DATE_EPOCH is not set
+DEFAULT_DISK_SIZE = 2 << 30
+
+
+def default_cache() -> Path:
+    """``$TALOS_BAKE_CACHE``, else ``~/.cache/talos-bake``: downloads and step outputs."""
+    return Path(os.environ.get("TALOS_BAKE_CACHE") or Path.home() / ".cache" / "talos-bake")
+
+
+@dataclass
+class BakeOptions:
+    """Everything a bake depends on besides the recipes and the lock."""
+
+    platform: str = "kvm"
+    config_url: str | None = None
+    extra_kernel_args: str = ""
+    disk_size: int = DEFAULT_DISK_SIZE
+    out: Path = Path("_out")
+    cache: Path = field(default_factory=default_cache)
+    locked: bool = False
+    flavour: str | None = None
+    epoch: int = field(default_factory=lambda: int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))
+    lock_path: Path = LOCK_PATH
+    quiet: bool = False
+
+
+def kernel_cmdline(opts: BakeOptions, slot: str = "A") -> str:
+    """The kernel command line written into the boot entries."""
+    words = [
+        KSPP_ARGS,
+        CONSOLE_ARGS,
+        "printk.devkmsg=on",
+        f"talos.platform={opts.platform}",
+        f"talos.root=ROOT-{slot}",
+    ]
+    if opts.config_url:
+        words.append(f"talos.config={opts.config_url}")
+    if opts.extra_kernel_args.strip():
+        words.append(opts.extra_kernel_args.strip())
+    return " ".join(words)
