@@ -5,6 +5,7 @@ Every user-facing failure is a BakeError printed as one line (exit 1), never a t
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,8 +15,9 @@ from urllib.parse import urlsplit
 import click
 from click.shell_completion import get_completion_class
 
+from bakery.cache_cli import cache_group
 from bakery.errors import BakeError
-from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake, to_qcow2
+from bakery.image import DEFAULT_DISK_SIZE, BakeOptions, BakeResult, bake
 from bakery.layout import min_disk_size
 from bakery.lock import LOCK_PATH
 from bakery.lockguard import guarded
@@ -85,8 +87,8 @@ def bake_options(func: F) -> F:
         click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("_out"),
                      show_default=True, help="Output directory."),
         click.option("--cache", type=click.Path(file_okay=False, path_type=Path),
-                     default=Path.home() / ".cache" / "talos-bake", show_default=True,
-                     help="Download cache (verified by sha256)."),
+                     default=Path.home() / ".cache" / "talos-bake", show_default=True, envvar="TALOS_BAKE_CACHE",
+                     help="Cache of downloads and step outputs (verified by sha256)."),
         click.option("--locked", is_flag=True, help="Refuse any artifact not exactly in bake.lock."),
         click.option("--lock", "lock_path", type=click.Path(dir_okay=False, path_type=Path), default=LOCK_PATH,
                      envvar="TALOS_BAKE_LOCK", show_default=True, help="Lock file to use."),
@@ -113,10 +115,13 @@ def options_from(kw: dict[str, Any]) -> BakeOptions:
     )
 
 
-def run_bake(kw: dict[str, Any]) -> BakeResult:
+def run_bake(kw: dict[str, Any], formats: tuple[str, ...] = ()) -> BakeResult:
     """Bake (the tracked lock untouched unless --update-lock), turning BakeError into a one-line error."""
     try:
-        result, _moved = guarded(bake, options_from(kw), update_lock=kw.get("update_lock", False), say=_warn)
+        bake_formats = functools.partial(bake, formats=formats)
+        result, _moved = guarded(
+            bake_formats, options_from(kw), update_lock=kw.get("update_lock", False), say=_warn
+        )
         return result
     except BakeError as exc:
         raise click.ClickException(str(exc)) from None
@@ -146,13 +151,9 @@ def raw(**kw: Any) -> None:
 @cli.command(epilog="Example: talos-bake qcow2 --platform kvm --out _out")
 @bake_options
 def qcow2(**kw: Any) -> None:
-    """Bake the raw image, then convert it to qcow2."""
-    result = run_bake(kw)
-    try:
-        out = to_qcow2(result.raw, result.raw.with_suffix(".qcow2"))
-    except BakeError as exc:
-        raise click.ClickException(str(exc)) from None
-    click.echo(str(out))
+    """Bake the raw image, then convert it to qcow2 (a cached step, like the bake's)."""
+    result = run_bake(kw, formats=("qcow2",))
+    click.echo(str(result.converted["qcow2"]))
 
 
 @cli.command("completion", epilog='Example: eval "$(talos-bake completion bash)"')
@@ -165,6 +166,7 @@ def completion(shell: str) -> None:
     click.echo(cls(cli, {}, "talos-bake", "_TALOS_BAKE_COMPLETE").source())
 
 
+cli.add_command(cache_group)
 cli.add_command(kvm_command())
 cli.add_command(xen_command())
 cli.add_command(aws_command())

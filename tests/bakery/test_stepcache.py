@@ -160,3 +160,24 @@ def test_path_digest_ignores_bytecode(tmp_path: Path) -> None:
     assert path_digest(tmp_path) == before
     (tmp_path / "m.py").write_text("x = 2\n")
     assert path_digest(tmp_path) != before
+
+
+def test_cache_commands_list_sizes_and_prune(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bakery.cli import cli
+
+    for word in ("a", "bb", "ccc"):
+        pipeline(Ctx(word=word), tmp_path).get("top")
+    (tmp_path / "debs").mkdir()
+    (tmp_path / "debs" / "x.deb").write_bytes(b"x" * 8192)
+    listed = CliRunner().invoke(cli, ["cache", "list", "--cache", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count("\nbase ") == 3 and listed.output.count("\ntop ") == 3
+    assert "step outputs: 6 entries" in listed.output and "debs: 1 files" in listed.output
+    pruned = CliRunner().invoke(cli, ["cache", "prune", "--keep", "1", "--cache", str(tmp_path)])
+    assert pruned.exit_code == 0, pruned.output
+    assert "removed 4 step outputs" in pruned.output and "kept 2" in pruned.output
+    assert len(StepCache(tmp_path).entries()) == 2 and (tmp_path / "debs" / "x.deb").exists()
+    refused = CliRunner().invoke(cli, ["cache", "prune", "--keep", "-1", "--cache", str(tmp_path)])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
