@@ -7,7 +7,10 @@ BIN    := $(VENV)/bin
 STAMPS := .cache/stamps
 APT_PACKAGES := $(shell grep -v '^[[:space:]]*\#' deps/apt-packages.txt | grep -v '^[[:space:]]*$$')
 
-.PHONY: all setup deps venv proto test lint typecheck pytest demo bench clean
+# Go builds the Kubernetes payload; Debian's machines here keep it in /usr/local/go.
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all setup deps venv proto test quick lint typecheck pytest demo bench clean
 
 all: setup
 
@@ -48,6 +51,10 @@ pytest: proto
 	$(BIN)/pytest
 
 test: setup lint typecheck pytest
+
+# For iterations: lint, types and every test that neither bakes nor boots (a few minutes).
+quick: setup lint typecheck
+	$(BIN)/pytest -m "not e2e" -q
 
 demo: setup proto
 	@$(BIN)/python -m tools.demo

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bakery import deb, elf, policy
 from bakery.errors import BakeError
+from bakery.kubernetes import payload
 from bakery.recipe import RootfsRecipe
 from talos_os import __version__
 
@@ -54,6 +55,7 @@ class RootfsReport:
     files: int = 0
     sizes: dict[str, int] = field(default_factory=dict)
     removed: int = 0
+    kubernetes: payload.PayloadReport | None = None
 
 
 def install_wheel(wheel: Path, site: Path) -> None:
@@ -225,6 +227,9 @@ def size_report(tree: Path) -> dict[str, int]:
         "python packages": DIST_PACKAGES,
         "kernel modules": "usr/lib/modules",
         "containerd + runc": "usr/bin/containerd",
+        "kubernetes binary": "usr/bin/k8s",
+        "kubernetes images": "usr/share/talos/images.oci.tar",
+        "cni plugins": "usr/lib/cni",
         "shared libraries": "usr/lib/x86_64-linux-gnu",
     }
     sizes = dict.fromkeys([*buckets, "other"], 0)
@@ -252,8 +257,10 @@ def build(
     kernel_version: str,
     module_paths: list[str],
     load_modules: Sequence[str] = (),
+    kubernetes_binary: Path | None = None,
+    epoch: int = 0,
 ) -> RootfsReport:
-    """Build the whole root filesystem tree from its inputs."""
+    """Build the whole root filesystem tree from its inputs (with the Kubernetes payload when given)."""
     if tree.exists():
         shutil.rmtree(tree)
     tree.mkdir(parents=True)
@@ -268,6 +275,8 @@ def build(
     install_modules(tree, kernel_root, kernel_version, module_paths)
     ca_bundle(tree)
     report = RootfsReport()
+    if kubernetes_binary is not None:  # before the prune: its images take files the node itself does not keep
+        report.kubernetes = payload.install(tree, kubernetes_binary, tree.parent / "payload", epoch)
     report.removed = prune(tree, recipe)
     write_skeleton(tree)
     # The names the init loads in stage 2 (it resolves their dependencies from modules.dep).

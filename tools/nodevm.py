@@ -188,17 +188,23 @@ def node_cmdline(base: str, *, platform: str | None, config_url: str | None = No
 
 
 def user_net(
-    *, forwards: dict[str, int] | None = None, hostfwd: dict[int, int] | None = None, imds: bool = False
+    *,
+    forwards: dict[str, int] | None = None,
+    hostfwd: dict[int, int] | None = None,
+    imds: bool = False,
+    guest_ports: dict[tuple[str, int], int] | None = None,
 ) -> list[str]:
-    """A restricted user network: guest ``ADDR:80`` -> loopback port; host port -> guest port.
+    """A restricted user network: guest ``ADDR:80`` (or ``(ADDR, PORT)`` in ``guest_ports``) -> loopback
+    port; host port -> guest port.
 
     With ``imds`` the guest network is 169.254.0.0/16 so 169.254.169.254 is reachable (as on EC2).
     """
     opts = ["user", "id=n0", "restrict=on"]
     if imds:
         opts += ["net=169.254.0.0/16", "host=169.254.0.2", "dns=169.254.0.3", "dhcpstart=169.254.0.15"]
-    for addr, port in (forwards or {}).items():
-        opts.append(f"guestfwd=tcp:{addr}:80-cmd:socat - TCP:127.0.0.1:{port}")
+    targets = {(addr, 80): port for addr, port in (forwards or {}).items()} | (guest_ports or {})
+    for (addr, guest_port), port in targets.items():
+        opts.append(f"guestfwd=tcp:{addr}:{guest_port}-cmd:socat - TCP:127.0.0.1:{port}")
     for host_port, guest_port in (hostfwd or {}).items():
         opts.append(f"hostfwd=tcp:127.0.0.1:{host_port}-:{guest_port}")
     return ["-netdev", ",".join(opts), "-device", "virtio-net-pci,netdev=n0"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from talos_os import __version__
+from talos_os.config import MachineType
 from talos_os.init import cgroups, disks, modules, network, syscalls
 from talos_os.init.acquire import Acquired, acquire_config
 from talos_os.init.apply import config_sysctls, save_config, write_files
@@ -38,9 +39,11 @@ from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
 from talos_os.init.nocloud import kernel_mount
 from talos_os.init.nodestate import STATE_DIR, load_or_create
-from talos_os.init.services import node_services
+from talos_os.init.services import KubernetesPlan, node_services
 from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
+from talos_os.kubernetes import kubeadm as kubeadm_config
+from talos_os.kubernetes import node as kubernetes_node
 from talos_os.plugins import UnknownPlatformError, get
 
 WRITABLE_ETC = ("cni", "kubernetes")  # /etc/<name> is bind-mounted from /var/lib/talos/etc/<name>
@@ -64,6 +67,8 @@ class Boot:
     acquired: Acquired | None = None
     network: network.NetworkManager | None = None
     hostname: str = ""
+    address: str = ""
+    kubernetes: KubernetesPlan | None = None
     supervisor: Supervisor | None = None
     control: ControlServer | None = None
     requests: queue.Queue[str] = field(default_factory=queue.Queue)
@@ -221,6 +226,7 @@ def phase_apply(boot: Boot) -> None:
     boot.hostname = network.apply_hostname(
         name, network.FILES_DIR, syscalls.sethostname, address=state.primary_address
     )
+    boot.address = state.primary_address or ""
     boot.log(f"apply: hostname {boot.hostname} (from {source}); hostname now {socket.gethostname()}")
     for path in write_files(cfg):
         boot.log(f"apply: wrote {path}")
@@ -244,10 +250,37 @@ def resident_kib(status: Path = Path("/proc/self/status")) -> int:
     return 0
 
 
+def make_shared(path: str, bind_first: bool) -> None:
+    """Shared mount propagation (bidirectional volumes need it); a directory is bound onto itself first."""
+    if bind_first and not os.path.ismount(path):
+        syscalls.mount(path, path, None, syscalls.MS_BIND)
+    syscalls.mount("none", path, None, syscalls.MS_REC | syscalls.MS_SHARED)
+
+
+def phase_kubernetes(boot: Boot) -> None:
+    """Kernel knobs, shared mounts, state on /var and containerd's CRI config; then the plan of the
+    Kubernetes services (the init node also bootstraps the control plane)."""
+    assert boot.acquired is not None
+    cfg = boot.acquired.config
+    if not boot.address:
+        boot.log("kubernetes: the node has no address yet: Kubernetes services are not started")
+        return
+    absent = kubernetes_node.prepare(cfg, kubernetes_node.Effects(write_sysctls, make_shared))
+    if absent:
+        boot.log(f"kubernetes: this kernel has no sysctl {', '.join(absent)}")
+    facts = kubeadm_config.NodeFacts(boot.hostname, boot.address)
+    bootstrap = cfg.machine.type == MachineType.INIT
+    boot.kubernetes = KubernetesPlan(
+        boot.hostname, boot.address, bootstrap, tuple(kubeadm_config.kubelet_flags(cfg, facts))
+    )
+    role = "bootstraps the control plane" if bootstrap else "runs the kubelet"
+    boot.log(f"kubernetes: {cfg.cluster.kubernetes.version} on {boot.address}; this node {role}")
+
+
 def phase_services(boot: Boot) -> None:
     """The supervisor, its control socket (for osd) and the node's services."""
     sup = Supervisor(reaper=boot.reaper, log_dir=Path("/var/log"), cgroup_root=cgroups.DEFAULT_ROOT)
-    for spec in node_services():
+    for spec in node_services(kubernetes=boot.kubernetes):
         sup.add(spec)
     handlers = supervisor_handlers(
         sup,
@@ -274,6 +307,7 @@ CONFIGURE: list[tuple[str, Callable[[Boot], None]]] = [
     ("network", phase_network),
     ("config", phase_config),
     ("apply", phase_apply),
+    ("kubernetes", phase_kubernetes),
     ("services", phase_services),
 ]
 
@@ -302,6 +336,10 @@ def wait_for_request(boot: Boot) -> str:
 def shutdown_node(boot: Boot, action: str) -> None:
     """Stop services in reverse order, sync, unmount, then reboot or power off (reset wipes /var first)."""
     boot.log(f"{action}: stopping services")
+    if boot.supervisor is not None and boot.kubernetes is not None:
+        boot.supervisor.stop_service("kubelet", timeout=30.0)  # or it restarts what stop_pods stops
+        with contextlib.suppress(Exception):
+            kubernetes_node.stop_pods(lambda argv: supervisor_run(boot.reaper, argv, timeout=30.0), boot.log)
     if boot.supervisor is not None:
         boot.supervisor.shutdown()
     if boot.control is not None:

@@ -1,21 +1,42 @@
 """The node's services, as supervisor specs: the one place that says what runs on a node.
 
-containerd runs as a plain process for now (the next step moves system services into containerd's
-``system`` namespace); osd is the API. trustd and the kubelet are not started: there is no
-Kubernetes to join on these machines yet (see the README).
+containerd and osd run on every node. With Kubernetes (every configured node):
+
+- ``images``: a one-shot that checks, at every boot before the kubelet starts, that every baked
+  image is in containerd's ``k8s.io`` namespace and imports the archive when any is missing, so
+  garbage collection can never lose pause;
+- ``kubeadm`` (init nodes): bootstraps the control plane once (:mod:`talos_os.kubernetes.bootstrap`);
+- ``kubelet``: started by the init itself, as the original design did (kubeadm's kubelet-start
+  phase expects systemd), once kubeadm has written its configuration;
+- ``cni``: writes the pod network's configuration once the node has its pod range.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from talos_os.init.apply import CONFIG_PATH
 from talos_os.init.control import DEFAULT_SOCKET
 from talos_os.init.supervisor import Restart, ServiceSpec, file_exists
+from talos_os.kubernetes import containerd
 
 OSD_PORT = 50000
-CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+CONTAINERD_SOCKET = containerd.SOCKET
+KUBELET_CONFIG = "/var/lib/kubelet/config.yaml"
+KUBELET_KUBECONFIG = "/etc/kubernetes/kubelet.conf"
+BOOTSTRAP_KUBECONFIG = "/etc/kubernetes/bootstrap-kubelet.conf"
+
+
+@dataclass(frozen=True)
+class KubernetesPlan:
+    """What the node's Kubernetes services need to know: who the node is and its role."""
+
+    hostname: str
+    address: str
+    bootstrap: bool  # an init node bootstraps the control plane
+    kubelet_flags: tuple[str, ...] = ()
 
 
 def node_services(
@@ -23,21 +44,19 @@ def node_services(
     env: Mapping[str, str] | None = None,
     osd_port: int = OSD_PORT,
     python: str = sys.executable,
+    kubernetes: KubernetesPlan | None = None,
 ) -> list[ServiceSpec]:
-    """containerd and osd, with the conditions each needs before it may start."""
+    """containerd and osd, and the Kubernetes services when there is a plan for them."""
     base_env = {"PATH": "/usr/sbin:/usr/bin", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
-    return [
+    containerd_argv = ["/usr/bin/containerd", "--address", CONTAINERD_SOCKET]
+    if kubernetes is not None:
+        containerd_argv += ["--config", str(containerd.CONFIG_PATH)]
+    else:
+        containerd_argv += ["--root", "/var/lib/containerd", "--state", "/run/containerd"]
+    specs = [
         ServiceSpec(
             name="containerd",
-            argv=[
-                "/usr/bin/containerd",
-                "--address",
-                CONTAINERD_SOCKET,
-                "--root",
-                "/var/lib/containerd",
-                "--state",
-                "/run/containerd",
-            ],
+            argv=containerd_argv,
             env=base_env,
             conditions=[file_exists("/var/lib")],
             restart=Restart.ALWAYS,
@@ -60,3 +79,71 @@ def node_services(
             restart=Restart.ALWAYS,
         ),
     ]
+    if kubernetes is not None:
+        specs += kubernetes_services(kubernetes, base_env, python)
+    return specs
+
+
+def kubernetes_services(plan: KubernetesPlan, env: Mapping[str, str], python: str) -> list[ServiceSpec]:
+    """images, kubeadm (init nodes), kubelet and cni."""
+    specs = [
+        ServiceSpec(
+            name="images",
+            argv=[python, "-m", "talos_os.kubernetes.images"],
+            env=env,
+            depends=["containerd"],
+            conditions=[file_exists(CONTAINERD_SOCKET)],
+            restart=Restart.ON_FAILURE,
+            oneshot=True,
+            backoff_cap=60.0,
+        ),
+    ]
+    kubelet_depends = ["images"]
+    if plan.bootstrap:
+        specs.append(
+            ServiceSpec(
+                name="kubeadm",
+                argv=[
+                    python,
+                    "-m",
+                    "talos_os.kubernetes.bootstrap",
+                    "--config",
+                    str(CONFIG_PATH),
+                    "--hostname",
+                    plan.hostname,
+                    "--address",
+                    plan.address,
+                ],
+                env={**env, "KUBECONFIG": "/etc/kubernetes/admin.conf"},
+                depends=["images"],
+                restart=Restart.ON_FAILURE,
+                oneshot=False,  # the kubelet must run while kubeadm waits for the control plane
+                backoff_base=10.0,
+                backoff_cap=120.0,
+                stable_after=600.0,
+                stop_timeout=30.0,
+            )
+        )
+    specs += [
+        ServiceSpec(
+            name="kubelet",
+            argv=["/usr/bin/kubelet", *plan.kubelet_flags],
+            env=env,
+            depends=kubelet_depends,
+            conditions=[file_exists(KUBELET_CONFIG, interval=1.0)],
+            restart=Restart.ALWAYS,
+            backoff_cap=30.0,
+            stop_timeout=30.0,
+            log_lines=2000,
+        ),
+        ServiceSpec(
+            name="cni",
+            argv=[python, "-m", "talos_os.kubernetes.podcidr", "--node", plan.hostname],
+            env=env,
+            depends=["kubelet"],
+            restart=Restart.ON_FAILURE,
+            oneshot=True,
+            backoff_cap=60.0,
+        ),
+    ]
+    return specs

@@ -83,7 +83,15 @@ ETCD_FLAGS: dict[str, str] = {
 }
 # kubeadm's own preflight checks that cannot pass on a node without systemd or a kernel config file,
 # or that fetch images (they are already imported).
-IGNORED_PREFLIGHT = ["SystemVerification", "Service-Kubelet", "FileExisting-crictl", "ImagePull", "Swap"]
+# losetup (block volumes) and cp (kubeadm upgrade) are not in the image: nothing the node runs needs them.
+IGNORED_PREFLIGHT = [
+    "SystemVerification",
+    "Service-Kubelet",
+    "ImagePull",
+    "Swap",
+    "FileExisting-losetup",
+    "FileExisting-cp",
+]
 # Slow but healthy control planes must not be killed: minutes, not seconds.
 TIMEOUTS = {
     "controlPlaneComponentHealthCheck": "30m0s",

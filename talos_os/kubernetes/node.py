@@ -6,6 +6,8 @@ host tests run it against a temporary root.
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ STATE_DIRS: dict[str, int] = {
     "etc/cni/net.d": 0o755,
 }
 KUBELET_DIR = "/var/lib/kubelet"
+CTR = ("/usr/bin/ctr", "--address", containerd.SOCKET, "--namespace", "k8s.io")
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,34 @@ def write_files(files: list[kubeadm.File], root: Path = Path("/")) -> None:
             os.chmod(target, f.mode)
         else:
             pki.write_secret(target, f.content)
+
+
+def stop_pods(
+    run: Callable[[list[str]], subprocess.CompletedProcess[bytes]],
+    log: Callable[[str], None],
+    grace: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Stop every Kubernetes container before containerd and /var go away: SIGTERM (etcd flushes and
+    exits cleanly), up to ``grace`` seconds, then SIGKILL. Run after the kubelet stopped (it would
+    restart them). Returns how many were running."""
+
+    def running() -> list[str]:
+        out = run([*CTR, "tasks", "ls"])
+        if out.returncode != 0:
+            return []
+        rows = [line.split() for line in out.stdout.decode().splitlines()[1:]]
+        return [row[0] for row in rows if len(row) >= 3 and row[2] == "RUNNING"]
+
+    first = running()
+    for task in first:
+        run([*CTR, "tasks", "kill", "--signal", "SIGTERM", task])
+    waited = 0.0
+    while (left := running()) and waited < grace:
+        sleep(1.0)
+        waited += 1.0
+    for task in left:
+        run([*CTR, "tasks", "kill", "--signal", "SIGKILL", task])
+    if first:
+        log(f"kubernetes: stopped {len(first)} containers ({len(left)} killed after {grace:.0f} s)")
+    return len(first)

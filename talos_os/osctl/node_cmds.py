@@ -48,7 +48,8 @@ EXAMPLES = {
     "service": "osctl service containerd restart",
     "stats": "osctl stats -o json",
     "ps": "osctl ps --namespace system",
-    "logs": "osctl logs osd -f --tail 20",
+    "logs": "osctl logs osd -f --tail 20   (a Kubernetes container: osctl logs -k kube-system/kube-apiserver-NODE:kube-apiserver)",
+    "containers": "osctl containers -k",
     "dmesg": "osctl dmesg --tail 50",
     "kubeconfig": "osctl -n 10.5.0.2 kubeconfig ./kubeconfig",
     "routes": "osctl routes",
@@ -348,10 +349,40 @@ def ps_cmd(namespace: str, show_all: bool, output: str | None) -> None:
 @click.argument("service")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until interrupted.")
 @click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines.")
-def logs_cmd(service: str, follow: bool, tail: int | None) -> None:
-    """Print a service's output."""
-    request = pb.LogsRequest(id=service, follow=follow, tail=tail or 0, has_tail=tail is not None)
+@click.option(
+    "-k",
+    "--kubernetes",
+    is_flag=True,
+    help="SERVICE is a Kubernetes container (namespace/pod:container or an id prefix, see `containers -k`).",
+)
+def logs_cmd(service: str, follow: bool, tail: int | None, kubernetes: bool) -> None:
+    """Print a service's output, or a Kubernetes container's with -k."""
+    request = pb.LogsRequest(
+        id=service, follow=follow, tail=tail or 0, has_tail=tail is not None, kubernetes=kubernetes
+    )
     _stream(lambda s, _t: s.Logs(request))
+
+
+@click.command("containers")
+@click.option(
+    "-k", "--kubernetes", is_flag=True, help="Kubernetes' containers (containerd namespace k8s.io)."
+)
+@_output_option()
+def containers_cmd(kubernetes: bool, output: str | None) -> None:
+    """List the containers on the nodes: containerd's system namespace, or k8s.io with -k."""
+    request = pb.ContainersRequest(kubernetes=kubernetes)
+    _calls, outcomes = _run(lambda s, _t: s.Containers(request, timeout=CALL_TIMEOUT))
+
+    def row(c: pb.Container) -> list[object]:
+        return [c.namespace, f"{c.pod}:{c.name}" if c.pod else c.id[:12], c.image, c.pid or "-", c.status]
+
+    _emit(
+        outcomes,
+        output,
+        ["NAMESPACE", "ID", "IMAGE", "PID", "STATUS"],
+        lambda r: [row(c) for c in r.containers],
+        lambda r: [plain(c) for c in r.containers],
+    )
 
 
 @click.command("dmesg")
@@ -559,6 +590,7 @@ COMMANDS: list[click.Command] = [
     stats_cmd,
     ps_cmd,
     logs_cmd,
+    containers_cmd,
     dmesg_cmd,
     kubeconfig_cmd,
     routes_cmd,

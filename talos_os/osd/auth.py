@@ -52,6 +52,7 @@ POLICY: dict[str, frozenset[str]] = {
     "Stats": ANYONE,
     "Processes": ANYONE,
     "Logs": ANYONE,
+    "Containers": ANYONE,
     "Dmesg": ANYONE,
     "Kubeconfig": ADMIN,
     "Routes": ANYONE,

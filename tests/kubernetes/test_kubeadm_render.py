@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from cryptography import x509
 
+from bakery.image import BakeResult
 from talos_os import pki
 from talos_os.config import MachineConfig
 from talos_os.kubernetes import kubeadm, node, versions
@@ -134,7 +137,21 @@ def test_control_plane_files_match_the_config(
 
 
 def test_a_worker_config_cannot_bootstrap(worker_config: MachineConfig, facts: NodeFacts) -> None:
-    import pytest
-
-    with pytest.raises(ValueError, match="cluster.ca.key"):
+    with pytest.raises(ValueError, match=r"cluster\.ca\.key"):
         kubeadm.control_plane_files(worker_config, facts)
+
+
+@pytest.mark.e2e
+def test_the_payloads_kubeadm_accepts_the_config(
+    init_config: MachineConfig, facts: NodeFacts, baked_image: BakeResult, tmp_path: Path
+) -> None:
+    """kubeadm itself (the baked payload's) reads every document and finds nothing to refuse."""
+    kubeadm_binary = baked_image.raw.parent / "kubectl"  # the multi-call binary; called as kubeadm below
+    path = tmp_path / "kubeadm.yaml"
+    path.write_text(kubeadm.kubeadm_config(init_config, facts))
+    result = subprocess.run(
+        [str(kubeadm_binary), "kubeadm", "config", "validate", "--config", str(path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,233 @@
+"""The node's Kubernetes pieces that run on the host too: preparation against a temporary root,
+containerd's files, the CNI config run through Debian's real plugins, the images check, the
+containers listing, and the services plan."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from talos_os.config import MachineConfig
+from talos_os.init.services import KubernetesPlan, node_services
+from talos_os.kubernetes import cni, containerd, images, node
+from talos_os.osd import containers
+
+ID_A = "a" * 64
+ID_B = "b" * 64
+
+
+def test_prepare_writes_state_dirs_and_containerd_files(init_config: MachineConfig, tmp_path: Path) -> None:
+    cfg = init_config.model_copy(deep=True)
+    cfg.cluster.kubernetes.registry_mirrors["talos.test"] = ["http://10.0.2.101:5000"]
+    written: dict[str, str] = {}
+    shared: list[tuple[str, bool]] = []
+
+    def sysctls(values: dict[str, str]) -> list[str]:
+        written.update(values)
+        return ["kernel.keys.root_maxbytes"]
+
+    absent = node.prepare(cfg, node.Effects(sysctls, lambda p, b: shared.append((p, b))), tmp_path)
+    assert absent == ["kernel.keys.root_maxbytes"]
+    assert written["net.ipv4.ip_forward"] == "1" and written["net.bridge.bridge-nf-call-iptables"] == "1"
+    assert written["vm.overcommit_memory"] == "1" and written["kernel.panic"] == "10"  # protectKernelDefaults
+    assert shared == [("/", False), ("/var/lib/kubelet", True)]
+    assert oct((tmp_path / "var/lib/etcd").stat().st_mode & 0o777) == "0o700"
+    config = (tmp_path / "run/talos/containerd/config.toml").read_text()
+    assert 'sandbox_image = "registry.k8s.io/pause:3.10.2"' in config
+    assert "SystemdCgroup = false" in config and 'bin_dir = "/usr/lib/cni"' in config
+    hosts = (tmp_path / "run/talos/containerd/certs.d/talos.test/hosts.toml").read_text()
+    assert '[host."http://10.0.2.101:5000"]' in hosts and 'capabilities = ["pull", "resolve"]' in hosts
+
+
+def test_containerd_config_is_valid_toml() -> None:
+    import tomllib
+
+    doc = tomllib.loads(containerd.config_toml())
+    cri = doc["plugins"]["io.containerd.grpc.v1.cri"]
+    assert doc["version"] == 2
+    assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
+    assert cri["registry"]["config_path"] == "/run/talos/containerd/certs.d"
+    hosts = tomllib.loads(containerd.hosts_toml(["http://10.0.2.101:5000", "https://mirror.example"]))
+    assert list(hosts["host"]) == ["http://10.0.2.101:5000", "https://mirror.example"]
+
+
+@pytest.fixture()
+def netns() -> Iterator[tuple[str, str]]:
+    """Two throwaway network namespaces: the plugins' "host" and the pod's."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2")
+    names = (f"tcni-h-{uuid.uuid4().hex[:6]}", f"tcni-p-{uuid.uuid4().hex[:6]}")
+    for name in names:
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield names
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+@pytest.mark.skipif(
+    not Path("/usr/lib/cni/bridge").exists(), reason="containernetworking-plugins is installed by make deps"
+)
+def test_conflist_runs_through_debians_plugins(netns: tuple[str, str], tmp_path: Path) -> None:
+    """ADD then DEL with the real bridge/host-local/portmap plugins, all inside throwaway namespaces."""
+    host_ns, pod_ns = netns
+    conf = json.loads(cni.conflist(["10.244.0.0/24"]))
+    env = {
+        **os.environ,
+        "CNI_CONTAINERID": "test",
+        "CNI_NETNS": f"/var/run/netns/{pod_ns}",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/usr/lib/cni",
+    }
+    prev: dict[str, object] | None = None
+    for plugin in conf["plugins"]:
+        stdin = {**plugin, "name": conf["name"], "cniVersion": conf["cniVersion"]}
+        if prev is not None:
+            stdin["prevResult"] = prev
+        result = subprocess.run(
+            ["ip", "netns", "exec", host_ns, f"/usr/lib/cni/{plugin['type']}"],
+            input=json.dumps(stdin), capture_output=True, text=True, env={**env, "CNI_COMMAND": "ADD"},
+            check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout + result.stderr
+        prev = json.loads(result.stdout)
+    assert prev is not None
+    [address] = [ip["address"] for ip in prev["ips"]]  # type: ignore[index]
+    assert address.startswith("10.244.0.") and address.endswith("/24")
+    pod = subprocess.run(
+        ["ip", "-n", pod_ns, "-j", "addr", "show", "eth0"], capture_output=True, text=True, check=True
+    )
+    assert address.split("/")[0] in pod.stdout
+    bridge = subprocess.run(
+        ["ip", "-n", host_ns, "-j", "addr", "show", cni.BRIDGE], capture_output=True, text=True, check=True
+    )
+    assert "10.244.0.1" in bridge.stdout  # the bridge is the pods' gateway, inside the "host" namespace only
+    for plugin in reversed(conf["plugins"]):
+        stdin = {**plugin, "name": conf["name"], "cniVersion": conf["cniVersion"], "prevResult": prev}
+        subprocess.run(
+            ["ip", "netns", "exec", host_ns, f"/usr/lib/cni/{plugin['type']}"],
+            input=json.dumps(stdin), capture_output=True, text=True, env={**env, "CNI_COMMAND": "DEL"}, check=True,
+        )  # fmt: skip
+
+
+def test_conflist_needs_a_cidr() -> None:
+    with pytest.raises(ValueError, match="at least one pod CIDR"):
+        cni.conflist([])
+
+
+def _archive_with(tmp_path: Path, refs: dict[str, str]) -> Path:
+    index = {
+        "schemaVersion": 2,
+        "manifests": [{"digest": d, "annotations": {images.NAME_ANNOTATION: r}} for r, d in refs.items()],
+    }
+    path = tmp_path / "a.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("oci-layout", b"{}"), ("index.json", json.dumps(index).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_images_check_imports_only_when_something_is_missing(tmp_path: Path) -> None:
+    archive = _archive_with(
+        tmp_path, {"registry.k8s.io/pause:3.10.2": "sha256:aa", "registry.k8s.io/etcd:3.6.8-0": "sha256:bb"}
+    )
+    wanted = images.archive_images(archive)
+    listing = (
+        "REF TYPE DIGEST SIZE PLATFORMS LABELS\n"
+        "registry.k8s.io/pause:3.10.2 application/vnd.oci.image.manifest.v1+json sha256:aa 680.0 KiB linux/amd64 -\n"
+        "registry.k8s.io/etcd:3.6.8-0 application/vnd.oci.image.manifest.v1+json sha256:old 160.0 MiB linux/amd64 -\n"
+    )
+    assert images.missing(wanted, images.present_images(listing)) == ["registry.k8s.io/etcd:3.6.8-0"]
+    assert (
+        images.missing(
+            wanted, {"registry.k8s.io/pause:3.10.2": "sha256:aa", "registry.k8s.io/etcd:3.6.8-0": "sha256:bb"}
+        )
+        == []
+    )
+
+
+def test_containers_listing_names_pods_from_the_cri_log_links() -> None:
+    table = containers.parse_table(
+        "CONTAINER    IMAGE    RUNTIME\n"
+        f"{ID_A}    registry.k8s.io/kube-apiserver:v1.36.3    io.containerd.runc.v2\n"
+        f"{ID_B}    registry.k8s.io/pause:3.10.2    io.containerd.runc.v2\n"
+    )
+    tasks = containers.parse_table(f"TASK PID STATUS\n{ID_A} 412 RUNNING\n{ID_B} 300 RUNNING\n")
+    links = containers.parse_links(
+        [f"kube-apiserver-node-1_kube-system_kube-apiserver-{ID_A}.log", "junk.log"]
+    )
+    found = containers.merge("k8s.io", table, tasks, links)
+    assert [c.display_id for c in found] == ["kube-system/kube-apiserver-node-1:kube-apiserver", ID_B]
+    api = found[0]
+    assert (api.pid, api.status, api.image) == (412, "RUNNING", "registry.k8s.io/kube-apiserver:v1.36.3")
+    assert containers.find(found, "kube-system/kube-apiserver-node-1:kube-apiserver") is api
+    assert containers.find(found, "aaaa") is api
+    with pytest.raises(containers.ContainerError, match="osctl containers -k"):
+        containers.find(found, "cccc")
+
+
+def test_container_log_lines_lose_the_cri_prefix(tmp_path: Path) -> None:
+    log = tmp_path / "0.log"
+    log.write_text(
+        "2026-12-01T08:00:00.000000001Z stdout F request GET / from 10.244.0.1:5555\n"
+        "2026-12-01T08:00:01.000000001Z stderr F second line\n"
+    )
+    pages = list(containers.read_log(log, tail=1, follow=False))
+    assert pages == [["second line"]]
+    assert containers.strip_cri("2026-12-01T08:00:00Z stdout P partial") == "partial"
+
+
+def test_services_plan() -> None:
+    plain = [s.name for s in node_services()]
+    assert plain == ["containerd", "osd"]
+    plan = KubernetesPlan("node-1", "10.0.2.15", bootstrap=True, kubelet_flags=("--node-ip=10.0.2.15",))
+    specs = {s.name: s for s in node_services(kubernetes=plan)}
+    assert list(specs) == ["containerd", "osd", "images", "kubeadm", "kubelet", "cni"]
+    assert "--config" in specs["containerd"].argv
+    assert specs["images"].oneshot and specs["images"].depends == ["containerd"]
+    assert specs["kubelet"].depends == ["images"] and specs["kubelet"].argv[1:] == ["--node-ip=10.0.2.15"]
+    assert [c.description for c in specs["kubelet"].conditions] == [
+        "file /var/lib/kubelet/config.yaml exists"
+    ]
+    assert "--hostname" in specs["kubeadm"].argv and specs["cni"].depends == ["kubelet"]
+    worker = {s.name for s in node_services(kubernetes=KubernetesPlan("w", "10.0.2.16", bootstrap=False))}
+    assert "kubeadm" not in worker and "kubelet" in worker
+
+
+def test_stop_pods_terms_then_kills_what_is_left() -> None:
+    calls: list[list[str]] = []
+    listings = iter(
+        [
+            f"TASK PID STATUS\n{ID_A} 10 RUNNING\n{ID_B} 11 RUNNING\n",
+            f"TASK PID STATUS\n{ID_A} 10 STOPPED\n{ID_B} 11 RUNNING\n",
+            f"TASK PID STATUS\n{ID_B} 11 RUNNING\n",
+            f"TASK PID STATUS\n{ID_B} 11 RUNNING\n",
+        ]
+    )
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+        calls.append(argv[5:])
+        out = next(listings).encode() if argv[5:7] == ["tasks", "ls"] else b""
+        return subprocess.CompletedProcess(argv, 0, out, b"")
+
+    said: list[str] = []
+    assert node.stop_pods(run, said.append, grace=2.0, sleep=lambda _s: None) == 2
+    kills = [c for c in calls if c[:2] == ["tasks", "kill"]]
+    assert kills == [
+        ["tasks", "kill", "--signal", "SIGTERM", ID_A],
+        ["tasks", "kill", "--signal", "SIGTERM", ID_B],
+        ["tasks", "kill", "--signal", "SIGKILL", ID_B],
+    ]
+    assert said == ["kubernetes: stopped 2 containers (1 killed after 2 s)"]
