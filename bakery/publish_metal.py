@@ -27,8 +27,6 @@ from bakery.errors import BakeError
 from bakery.image import BakeOptions, BakeResult
 from bakery.progress import Progress
 from platforms.image_source import BAKE_ONLY, checked_image, force_platform_option, refuse_bake_options
-from talos_os.config import ConfigError
-from talos_os.config import loads as load_config
 
 PLATFORM = "bare-metal"
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -186,6 +184,9 @@ def checked_user_data(path: Path, validate: bool) -> bytes:
     data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     path = Path("stdin") if str(path) == "-" else path
     if validate:
+        from talos_os.config import ConfigError  # pydantic: imported only when a config is checked
+        from talos_os.config import loads as load_config
+
         try:
             load_config(data)
         except ConfigError as err:

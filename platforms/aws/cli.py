@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -24,6 +24,9 @@ from platforms.image_source import (
     set_bake_platform,
 )
 
+if TYPE_CHECKING:
+    from platforms.aws.publish import AmiRequest
+
 PLATFORM = "aws"
 EXAMPLES = """\b
 Examples:
@@ -32,26 +35,31 @@ Examples:
 """
 
 
-def command() -> click.Command:
-    """The ``aws`` click command."""
-    from bakery.cli import bake_options, parse_size, run_bake
-    from platforms.aws.clients import check_credentials, make_session
-    from platforms.aws.publish import METHODS, AmiRequest, check_request, plan, publish_ami, regions
+METHODS = ("ebs", "import")  # platforms.aws.publish.METHODS, without importing boto3 for every talos-bake
 
-    def preflight(ctx: click.Context, kw: dict[str, Any], request: AmiRequest) -> None:
-        """Everything checkable offline, before a bake or an upload: name, method, regions, the image,
-        and (for a real run) that credentials exist."""
-        check_request(request, need_image=False)
-        session = make_session(request.profile)
-        regions(session, request)
-        if kw["image"] is not None:
-            facts = preflight_image(ctx, kw, PLATFORM)
-            if facts is not None and facts.format != "raw":
-                raise BakeError(
-                    f"--image {kw['image']} is {facts.format}: AWS takes the raw image (qemu-img convert -O raw)"
-                )
-        if not kw["dry_run"]:
-            check_credentials(session)
+
+def preflight(ctx: click.Context, kw: dict[str, Any], request: AmiRequest) -> None:
+    """Everything checkable offline, before a bake or an upload: name, method, regions, the image, and
+    (for a real run) that credentials exist."""
+    from platforms.aws.clients import check_credentials, make_session
+    from platforms.aws.publish import check_request, regions
+
+    check_request(request, need_image=False)
+    session = make_session(request.profile)
+    regions(session, request)
+    if kw["image"] is not None:
+        facts = preflight_image(ctx, kw, PLATFORM)
+        if facts is not None and facts.format != "raw":
+            raise BakeError(
+                f"--image {kw['image']} is {facts.format}: AWS takes the raw image (qemu-img convert -O raw)"
+            )
+    if not kw["dry_run"]:
+        check_credentials(session)
+
+
+def command() -> click.Command:
+    """The ``aws`` click command (boto3 is imported when it runs, not when talos-bake starts)."""
+    from bakery.cli import bake_options, parse_size, run_bake
 
     @click.command(PLATFORM, epilog=EXAMPLES)
     @click.option("--ami", is_flag=True, help="Publish the image as an EC2 AMI (required: the AWS target).")
@@ -93,6 +101,8 @@ def command() -> click.Command:
         """Publish a talos-os image to AWS as an AMI (bakes it first unless --image is given)."""
         if not kw["ami"]:
             raise click.UsageError("say what to publish: --ami (an EC2 image) is the AWS target")
+        from platforms.aws.publish import AmiRequest, plan, publish_ami
+
         request = AmiRequest(
             image=kw["image"] or kw["out"] / f"talos-{PLATFORM}.raw",
             name=kw["name"],

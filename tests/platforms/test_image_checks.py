@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -364,6 +366,17 @@ def test_disk_size_is_checked_when_parsed(tmp_path: Path) -> None:
     assert "Invalid value for '--disk-size': 100 is too small for the partitions: use" in r.output
     r = refused(tmp_path, "kvm", "--disk-size", "2 gigs", code=2)
     assert "'2 gigs' is not a size" in r.output
+
+
+def test_talos_bake_starts_without_boto3_or_pydantic() -> None:
+    """Refusals must be quick: the heavy imports wait until a command needs them."""
+    from platforms.aws import cli as aws_cli
+    from platforms.aws import publish
+
+    assert aws_cli.METHODS == publish.METHODS
+    probe = "import sys, bakery.cli; print(sorted({'boto3', 'pydantic'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_version_and_completion() -> None:
