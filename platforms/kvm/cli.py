@@ -185,9 +185,9 @@ def command() -> click.Command:
     @force_platform_option()
     @click.option(
         "--config",
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
         default=None,
-        help="Machine config to attach as a NoCloud cidata CD (written to --out as NAME-cidata.iso, 0600).",
+        help="Machine config (- reads stdin) to attach as a NoCloud cidata CD (--out/NAME-cidata.iso, 0600).",
     )
     @click.option("--name", default="talos", show_default=True, help="libvirt domain name.")
     @click.option(

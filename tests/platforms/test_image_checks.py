@@ -236,6 +236,13 @@ def test_kvm_attaches_the_config_as_a_cidata_cd(tmp_path: Path) -> None:
     assert cdrom is not None and cdrom.find("source").get("file") == iso  # type: ignore[union-attr]
     assert f"--disk path={iso},device=cdrom,bus=sata" in line
     assert "--virt-type auto: this machine has" in r.stderr and "so the domain type is" in r.stderr
+    piped = CliRunner().invoke(
+        cli,
+        ["kvm", "--image", str(image), "--config", "-", "--out", str(out), "--name", "n2"],
+        input=config.read_bytes(),
+    )
+    assert piped.exit_code == 0, piped.output
+    assert (out / "n2-cidata.iso").read_bytes() == Path(iso).read_bytes()
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: v1\nmachine: {type: nope}\n")
     r = refused(tmp_path / "again", "kvm", "--image", str(image), "--config", str(bad))
