@@ -160,12 +160,22 @@ class StepCache:
             (tmp / ENTRY).write_text(json.dumps(record, indent=1, default=str))
             final = self.root / step / key
             final.parent.mkdir(exist_ok=True)
-            if final.exists():  # a damaged leftover, or another bake stored the same key meanwhile
-                self._discard(final)
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another bake stored this key meanwhile: use its entry, left as it is
+                existing = self.lookup(step, key)
+                if existing is not None:
+                    return existing
+                os.rename(tmp, final)  # it was damaged (and is gone now)
             return Entry(step, key, final, staging.meta, size, time.time())
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def discard(self, step: str, key: str) -> None:
+        """Delete one entry, if it is there."""
+        path = self.root / step / key
+        if path.is_dir():
+            self._discard(path)
 
     def entries(self) -> list[Entry]:
         """Every entry (unverified), newest use first."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,3 +181,18 @@ def test_cache_commands_list_sizes_and_prune(tmp_path: Path) -> None:
     assert len(StepCache(tmp_path).entries()) == 2 and (tmp_path / "debs" / "x.deb").exists()
     refused = CliRunner().invoke(cli, ["cache", "prune", "--keep", "-1", "--cache", str(tmp_path)])
     assert refused.exit_code == 2 and "Traceback" not in refused.output
+
+
+def test_two_bakes_storing_one_key_keep_the_first_entry(tmp_path: Path) -> None:
+    cache = StepCache(tmp_path)
+
+    def write(text: str) -> Callable[[Staging], None]:
+        return lambda staging: (staging.out / "f").write_text(text)
+
+    def slower(staging: Staging) -> None:
+        (staging.out / "f").write_text("second")
+        cache.build("s", "k", {}, write("first"))  # another bake finishes the same key meanwhile
+
+    kept = cache.build("s", "k", {}, slower)
+    assert (kept.out / "f").read_text() == "first"
+    assert [e.key for e in cache.entries()] == ["k"] and not list(cache.root.glob(".tmp-*"))
