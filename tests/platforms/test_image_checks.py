@@ -39,6 +39,12 @@ def no_aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Itera
     yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def imported() -> None:
+    """Import what the aws command imports when it runs, once, so the first test is not charged for it."""
+    import platforms.aws.publish  # noqa: F401
+
+
 def refused(tmp_path: Path, *args: str, code: int = 1) -> Result:
     """Run talos-bake; it must fail fast, in one line, without baking or writing anything."""
     cache, out = tmp_path / "cache", tmp_path / "out"
