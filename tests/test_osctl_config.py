@@ -139,7 +139,7 @@ def test_sans_endpoint_and_defaults(generated: GeneratedConfigs) -> None:
     init = _doc(generated.init)
     assert init["machine"]["certSANs"] == ["10.5.0.2", "demo.example.com", "10.5.0.100"]
     assert init["cluster"]["kubernetes"] == {
-        "version": "v1.30.2",
+        "version": "v1.36.3",
         "certSANs": ["10.5.0.2", "demo.example.com", "10.5.0.100"],
     }
     assert init["cluster"]["controlPlane"]["endpoint"] == ENDPOINT
