@@ -5,8 +5,10 @@ its output is ``osctl logs kubeadm`` and a failure is retried with backoff, neve
 
 - Bootstrapped before (the stamp on /var exists): nothing to do; the kubelet runs the static pods
   kubeadm wrote, and etcd keeps its data on /var.
-- A bootstrap that did not finish (a crash, a power cut, a failed attempt) left files kubeadm's
-  preflight refuses: ``kubeadm reset`` clears them first. Nothing is lost: no cluster existed yet.
+- A bootstrap that did not finish (a crash, a power cut, a control plane too slow for kubeadm's
+  wait) left files kubeadm's preflight refuses: kubeadm runs again over them with its preflight
+  errors ignored; its phases reuse the certificates, kubeconfigs and etcd data they find. Nothing
+  is ever reset, so nothing is lost.
 - Then the CA files, the kubelet's serving certificate, the audit policy, the encryption config
   and kubeadm's configuration are written from the machine config, and ``kubeadm init`` runs.
 """
@@ -37,20 +39,24 @@ def run(argv: list[str]) -> int:
     return subprocess.run(argv, check=False).returncode
 
 
-def bootstrap(config_path: Path, facts: kubeadm.NodeFacts, root: Path = Path("/")) -> int:
+def bootstrap(
+    config_path: Path, facts: kubeadm.NodeFacts, root: Path = Path("/"), kubeadm_binary: str = KUBEADM
+) -> int:
     """Exit status for the supervisor: 0 once the control plane is (or already was) bootstrapped."""
     stamp = root / str(STAMP).lstrip("/")
     if stamp.exists():
         say(f"already bootstrapped ({stamp.read_text().strip()}); the kubelet runs the control plane")
         return 0
     cfg = load(config_path)
+    argv = [kubeadm_binary, "init", "--config", str(kubeadm.CONFIG_PATH), "--skip-token-print", "--v=1"]
     if any((root / str(p).lstrip("/")).exists() for p in LEFTOVERS):
-        say("an earlier bootstrap did not finish: kubeadm reset first")
-        if run([KUBEADM, "reset", "--force", "--cri-socket", kubeadm.CRI_SOCKET]) != 0:
-            return 1
+        # kubeadm's phases reuse what exists (CA-signed certs, kubeconfigs, etcd's data) and rewrite the
+        # manifests as they were; only its preflight refuses to run over them. Never reset: data stays.
+        say("an earlier bootstrap did not finish: running kubeadm init again over what it left")
+        argv.append("--ignore-preflight-errors=all")
     write_files(kubeadm.control_plane_files(cfg, facts), root)
     started = time.monotonic()
-    code = run([KUBEADM, "init", "--config", str(kubeadm.CONFIG_PATH), "--skip-token-print", "--v=1"])
+    code = run(argv)
     if code != 0:
         say(f"kubeadm init failed with {code}; the init retries with backoff")
         return code

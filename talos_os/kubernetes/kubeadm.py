@@ -96,7 +96,7 @@ IGNORED_PREFLIGHT = [
 TIMEOUTS = {
     "controlPlaneComponentHealthCheck": "30m0s",
     "kubeletHealthCheck": "10m0s",
-    "kubernetesAPICall": "5m0s",
+    "kubernetesAPICall": "15m0s",
     "etcdAPICall": "10m0s",
     "tlsBootstrap": "10m0s",
     "discovery": "10m0s",

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from talos_os.config import MachineConfig
+from talos_os.config.generate import GeneratedConfigs
 from talos_os.init.services import KubernetesPlan, node_services
 from talos_os.kubernetes import cni, containerd, images, node
+from talos_os.kubernetes.kubeadm import NodeFacts
 from talos_os.osd import containers
 
 ID_A = "a" * 64
@@ -231,3 +233,106 @@ def test_stop_pods_terms_then_kills_what_is_left() -> None:
         ["tasks", "kill", "--signal", "SIGKILL", ID_B],
     ]
     assert said == ["kubernetes: stopped 2 containers (1 killed after 2 s)"]
+
+
+def test_pod_cidr_is_read_with_the_kubelets_credentials(tmp_path: Path) -> None:
+    """A real HTTPS server that demands a client certificate from the cluster CA answers the Node."""
+    import http.server
+    import ssl
+    import threading
+
+    import yaml
+
+    from talos_os import pki
+    from talos_os.kubernetes import podcidr
+
+    ca = pki.new_kubernetes_ca("kubernetes")
+    server_pair = pki.issue_certificate(ca, "apiserver", ip_addresses=["127.0.0.1"], usage="server")
+    client = pki.issue_certificate(ca, "system:node:node-1", organizations=["system:nodes"], usage="client")
+    for name, data in (
+        ("ca.crt", ca.cert_pem),
+        ("srv.crt", server_pair.cert_pem),
+        ("srv.key", server_pair.key_pem),
+    ):
+        (tmp_path / name).write_bytes(data)
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            body = json.dumps({"spec": {"podCIDR": "10.244.0.0/24", "podCIDRs": ["10.244.0.0/24"]}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca.crt"))
+    context.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+    context.verify_mode = ssl.CERT_REQUIRED
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "client.pem").write_bytes(client.cert_pem + client.key_pem)
+        kubeconfig = tmp_path / "kubelet.conf"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "clusters": [{"name": "k", "cluster": {"server": f"https://127.0.0.1:{httpd.server_address[1]}",
+                                                            "certificate-authority-data": pki.b64encode(ca.cert_pem)}}],
+                    "users": [{"name": "u", "user": {"client-certificate": "client.pem", "client-key": "client.pem"}}],
+                }
+            )
+        )  # fmt: skip
+        conf_dir = tmp_path / "net.d"
+        assert (
+            podcidr.main(["--node", "node-1", "--kubeconfig", str(kubeconfig), "--conf-dir", str(conf_dir)])
+            == 0
+        )
+    finally:
+        httpd.shutdown()
+    assert seen == ["/api/v1/nodes/node-1"]
+    conf = json.loads((conf_dir / cni.CONFLIST_NAME).read_text())
+    assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
+
+
+def _fake_kubeadm(tmp_path: Path, exit_code: int) -> tuple[Path, Path]:
+    calls = tmp_path / "calls"
+    script = tmp_path / "kubeadm"
+    script.write_text(
+        f"#!{shutil.which('python3')}\nimport sys\nopen({str(calls)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')\nsys.exit({exit_code})\n"
+    )
+    script.chmod(0o755)
+    return script, calls
+
+
+def test_bootstrap_runs_kubeadm_once_and_never_resets(
+    generated: GeneratedConfigs, facts: NodeFacts, tmp_path: Path
+) -> None:
+    from talos_os.kubernetes import bootstrap
+
+    config = tmp_path / "config.yaml"
+    config.write_text(generated.init)
+    (tmp_path / "f").mkdir()
+    failing, calls = _fake_kubeadm(tmp_path / "f", 1)
+    root = tmp_path / "root"
+    assert bootstrap.bootstrap(config, facts, root, str(failing)) == 1
+    assert calls.read_text().splitlines() == [
+        "init --config /etc/kubernetes/kubeadm.yaml --skip-token-print --v=1"
+    ]
+    assert (root / "etc/kubernetes/pki/ca.key").exists() and (root / "etc/kubernetes/kubeadm.yaml").exists()
+    # the failed attempt left a manifest behind: the retry runs over it, with preflight errors ignored
+    (root / "etc/kubernetes/manifests").mkdir(parents=True, exist_ok=True)
+    (root / "etc/kubernetes/manifests/kube-apiserver.yaml").write_text("kind: Pod\n")
+    (tmp_path / "s").mkdir()
+    working, calls = _fake_kubeadm(tmp_path / "s", 0)
+    assert bootstrap.bootstrap(config, facts, root, str(working)) == 0
+    [line] = calls.read_text().splitlines()
+    assert line.endswith("--ignore-preflight-errors=all") and "reset" not in line
+    assert (root / "var/lib/talos/kubernetes/bootstrapped").exists()
+    # bootstrapped: kubeadm is not run again
+    assert bootstrap.bootstrap(config, facts, root, str(working)) == 0
+    assert len(calls.read_text().splitlines()) == 1
