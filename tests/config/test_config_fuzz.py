@@ -22,6 +22,7 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[Hea
 WHOLE_DOCUMENT = ("config is empty", "config is too large: more than", "config must be text")
 #: Every outcome, for the long run's report (``pytest -s`` prints it at the end of the module).
 OUTCOMES: dict[str, int] = {}
+SLOWEST = [0.0]  # the most CPU seconds one input cost
 
 # Keys of the real format, so random documents reach deep into the model and not just its first level.
 KEYS = [
@@ -60,34 +61,46 @@ documents = st.recursive(
 )
 
 
+def _timed(data: str | bytes) -> tuple[float, MachineConfig | ConfigError]:
+    """CPU seconds loads(data) cost, and its outcome."""
+    start = time.thread_time()
+    try:
+        outcome: MachineConfig | ConfigError = loads(data)
+    except ConfigError as error:
+        outcome = error
+    return time.thread_time() - start, outcome
+
+
 def _outcome(data: str | bytes, secrets: tuple[str, ...] = ()) -> None:
-    """loads() returns a config or raises a ConfigError that is not a disguised crash, fast.
+    """loads() returns a config or raises a ConfigError that is not a disguised crash, in under a second.
 
     Each issue has a position (unless it is about the whole document) and no message holds one
-    of ``secrets``.
+    of ``secrets``. A slow run is measured twice more and the least counts: a busy (virtual)
+    machine or a garbage collection of the test's own objects can slow one run, and the bound is
+    about what the input itself costs.
     """
-    start = time.perf_counter()
-    try:
-        result = loads(data)
-    except ConfigError as error:
-        text = str(error)
-        assert error.issues
-        assert "internal error" not in text, text
-        for issue in error.issues:
-            assert issue.message
-            assert issue.line is None or issue.line >= 1
-            assert issue.column is None or issue.column >= 1
-            assert issue.line is not None or issue.message.startswith(WHOLE_DOCUMENT), issue
-        for secret in secrets:
-            assert secret not in text, f"a secret is quoted: {text}"
-        first = error.issues[0]
-        where = "position" if first.line is not None else "whole document"
-        kind = f"error ({'path and ' if first.path else ''}{where})"
-        OUTCOMES[kind] = OUTCOMES.get(kind, 0) + 1
-    else:
-        assert isinstance(result, MachineConfig)
+    cost, result = _timed(data)
+    if cost >= 1.0:
+        cost = min(cost, _timed(data)[0], _timed(data)[0])
+    SLOWEST[0] = max(SLOWEST[0], cost)
+    assert cost < 1.0, "one input cost more than a second of CPU"
+    if isinstance(result, MachineConfig):
         OUTCOMES["valid"] = OUTCOMES.get("valid", 0) + 1
-    assert time.perf_counter() - start < 1.0, "one input took more than a second"
+        return
+    text = str(result)
+    assert result.issues
+    assert "internal error" not in text, text
+    for issue in result.issues:
+        assert issue.message
+        assert issue.line is None or issue.line >= 1
+        assert issue.column is None or issue.column >= 1
+        assert issue.line is not None or issue.message.startswith(WHOLE_DOCUMENT), issue
+    for secret in secrets:
+        assert secret not in text, f"a secret is quoted: {text}"
+    first = result.issues[0]
+    where = "position" if first.line is not None else "whole document"
+    kind = f"error ({'path and ' if first.path else ''}{where})"
+    OUTCOMES[kind] = OUTCOMES.get(kind, 0) + 1
 
 
 @FUZZ
@@ -200,4 +213,4 @@ def test_dump_round_trips(controlplane_template: dict[str, Any], content: str, e
 
 def teardown_module() -> None:
     if EXAMPLES > 250:
-        print(f"\nfuzz outcomes: {OUTCOMES}")
+        print(f"\nfuzz outcomes: {OUTCOMES}, {sum(OUTCOMES.values())} inputs, slowest {SLOWEST[0]:.3f} s CPU")
