@@ -20,3 +20,8 @@ TLS12_CIPHER_SUITES = "PSK-AES128-CBC-SHA"
 os.environ["GRPC_SSL_CIPHER_SUITES"] = TLS12_CIPHER_SUITES
 
 API_VERSION = "v1"
+
+#: Trailing metadata of a CopyOut that left entries out (they vanished or could not be read):
+#: how many, and the first of them as a JSON list of paths.
+SKIPPED_COUNT = "osd-skipped-count"
+SKIPPED_PATHS = "osd-skipped-paths"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import os
 import sys
 import tarfile
@@ -20,7 +21,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 from google.protobuf.message import Message
 
-from talos_os import __version__, pki, talosconfig
+from talos_os import __version__, api, pki, talosconfig
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.osctl import flags
@@ -548,10 +549,11 @@ def cp_cmd(node_path: str, local_dir: Path) -> None:
     def dest_of(target: Target) -> Path:
         return local_dir / target.name.replace(":", "_") if calls.many else local_dir
 
-    def copy(stub: pb_grpc.NodeStub, target: Target) -> int:
+    def copy(stub: pb_grpc.NodeStub, target: Target) -> tuple[int, str]:
         dest = dest_of(target)
         dest.mkdir(parents=True, exist_ok=True)
-        reader = io.BufferedReader(_ChunkReader(stub.CopyOut(pb.CopyOutRequest(path=node_path))), 1 << 16)
+        call = stub.CopyOut(pb.CopyOutRequest(path=node_path))
+        reader = io.BufferedReader(_ChunkReader(call), 1 << 16)
         count = 0
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
@@ -560,17 +562,36 @@ def cp_cmd(node_path: str, local_dir: Path) -> None:
                     if safe is not None:
                         tar.extract(safe, dest, **_EXTRACT_KW)  # already checked by _safe_member
                         count += 1
+            for _rest in call:  # the stream's end brings the node's note of what it left out
+                pass
         except (OSError, tarfile.TarError) as exc:
             raise NodeError(f"copying {node_path} into {dest} failed: {exc}") from None
-        return count
+        return count, _skipped_note(dict(call.trailing_metadata() or ()))
 
     _calls, outcomes = _run(copy, calls)
     for o in outcomes:
         if o.value is not None:
+            count, skipped = o.value
             click.echo(
-                f"{o.target.name}: copied {o.value} entries of {node_path} into {dest_of(o.target)}", err=True
+                f"{o.target.name}: copied {count} entries of {node_path} into {dest_of(o.target)}", err=True
             )
+            if skipped:
+                click.echo(f"{o.target.name}: warning: {skipped}", err=True)
     _report(outcomes)
+
+
+def _skipped_note(trailer: dict[str, Any]) -> str:
+    """What the node left out of a copy (entries that vanished or could not be read), or ""."""
+    count = trailer.get(api.SKIPPED_COUNT)
+    if not count:
+        return ""
+    try:
+        paths = [str(p) for p in json.loads(trailer.get(api.SKIPPED_PATHS) or "[]")]
+    except ValueError:
+        paths = []
+    more = int(count) - len(paths) if str(count).isdigit() else 0
+    listed = ", ".join(paths) + (f" and {more} more" if more > 0 else "")
+    return f"{count} entries changed or vanished during the copy and were left out or padded: {listed}"
 
 
 @click.command("read")

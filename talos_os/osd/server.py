@@ -75,10 +75,9 @@ _TRANSFER_CODES = {
     "denied": grpc.StatusCode.PERMISSION_DENIED,
     "failed": grpc.StatusCode.INTERNAL,
 }
-#: Trailing metadata of a CopyOut that left entries out: how many, and the first of them (a JSON list).
-SKIPPED_COUNT = "osd-skipped-count"
-SKIPPED_PATHS = "osd-skipped-paths"
-SKIPPED_SHOWN = 10
+SKIPPED_COUNT = api.SKIPPED_COUNT
+SKIPPED_PATHS = api.SKIPPED_PATHS
+SKIPPED_SHOWN = 10  # skipped paths named in the trailing metadata
 
 
 class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]

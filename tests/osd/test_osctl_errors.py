@@ -118,3 +118,15 @@ def test_a_refused_client_certificate_is_still_named(node: Node, cluster: Cluste
     server_only = pki.issue_certificate(cluster.ca, "srv", organizations=[pki.ROLE_ADMIN], usage="server")
     r = run_osctl(write_talosconfig(tmp_path / "c", cluster.ca, server_only, [node.address]), "version")
     assert r.returncode == 1 and "refused our client certificate during the TLS handshake" in r.stderr
+
+
+def test_cp_warns_about_what_the_node_left_out(node: Node, cluster: Cluster, tmp_path: Path) -> None:
+    """sysfs files claim 4096 bytes and hold fewer: each is padded, and osctl says which."""
+    config = write_talosconfig(tmp_path / "c", cluster.ca, cluster.client(), [node.address])
+    r = run_osctl(config, "cp", "/sys/kernel/mm/transparent_hugepage", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    warning = next(line for line in r.stderr.splitlines() if "warning:" in line)
+    assert warning.startswith(f"{node.address}: warning: ")
+    assert "entries changed or vanished during the copy and were left out or padded: " in warning
+    assert "/sys/kernel/mm/transparent_hugepage/enabled (shrank while read" in warning
+    assert (tmp_path / "out" / "transparent_hugepage" / "enabled").exists()
