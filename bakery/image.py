@@ -126,7 +126,7 @@ def bake(opts: BakeOptions, formats: Sequence[str] = ()) -> BakeResult:
             with atomic_path(converted[fmt]) as tmp:
                 run(["cp", "--sparse=always", entry.out / CONVERSIONS[fmt], tmp], what="cp")
 
-    data = _manifest(ctx, pipeline, disk.meta, final, progress)
+    data = _manifest(ctx, pipeline, disk.meta, final, progress, formats)
     manifest = opts.out / f"talos-{opts.platform}.raw.manifest.json"
     write_atomic(manifest, (json.dumps(data, indent=2) + "\n").encode())
     allocated = final.stat().st_blocks * 512
@@ -163,6 +163,7 @@ def _manifest(
     disk: Mapping[str, Any],
     final: Path,
     progress: Progress,
+    formats: Sequence[str],
 ) -> dict[str, object]:
     """What went in: versions, sizes, partitions, each step's key (the figures travel in the disk step's record)."""
     opts, lock = ctx.opts, ctx.lock
@@ -199,9 +200,7 @@ def _manifest(
         ],
         "packages": {name: lock.debs[name].version for name in [kernel["package"], *ctx.rootfs_recipe.debs]},
         "wheels": {name: pin.version for name, pin in lock.wheels.items()},
-        "steps": {
-            name: {"key": pipeline.key(name), **pipeline.report.get(name, {})} for name in pipeline.report
-        },
+        "steps": pipeline.record("disk", *formats),
         "timings_seconds": {k: round(v, 2) for k, v in progress.timings.items()},
     }
     for name, payload in sorted(steps.PAYLOADS.items()):

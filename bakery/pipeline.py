@@ -144,6 +144,20 @@ class Pipeline(Generic[C]):
             self._keys[name] = hashlib.sha256(blob.encode()).hexdigest()
         return self._keys[name]
 
+    def record(self, *targets: str) -> dict[str, dict[str, object]]:
+        """Every step behind ``targets`` with its key and whether it ran (a step skipped because a later
+        step's output was cached counts as cached): what the manifest keeps."""
+        names: dict[str, None] = {}
+
+        def visit(name: str) -> None:
+            for need in self.step(name).needs:
+                visit(need)
+            names.setdefault(name)
+
+        for target in targets:
+            visit(target)
+        return {name: {"key": self.key(name), "cached": True, **self.report.get(name, {})} for name in names}
+
     def get(self, name: str) -> Entry:
         """The step's output: from the cache when its key is there (and intact), else made now."""
         if name in self._entries:

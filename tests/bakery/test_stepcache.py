@@ -64,6 +64,11 @@ def test_a_cached_step_is_not_run_again(tmp_path: Path) -> None:
     p = pipeline(again, tmp_path)
     assert (p.get("top").out / "top.txt").read_text() == "hello!"
     assert again.ran == [] and p.report["top"]["cached"] is True
+    # the record names every step behind the target, even one skipped because a later output was cached
+    assert p.record("top") == {
+        "base": {"key": p.key("base"), "cached": True},
+        "top": {"key": p.key("top"), "cached": True},
+    }
 
 
 def test_only_the_steps_whose_inputs_changed_run(tmp_path: Path) -> None:
