@@ -10,12 +10,13 @@ from pathlib import Path
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
 from bakery.lockguard import guarded
-from tools import bench_aws, bench_node, bench_osd
+from tools import bench_aws, bench_bake, bench_kubernetes, bench_node, bench_osd
 
 OUT = Path("_build/bench")
 
 
 def main() -> int:
+    bench_bake.report(OUT)
     start = time.monotonic()
     image, _moved = guarded(
         bake, BakeOptions(platform="kvm", out=OUT, quiet=True), update_lock=False, say=print
@@ -45,6 +46,9 @@ def main() -> int:
         print(f"boot to banner ({accel}, {firmware}): {seconds:.1f} s from QEMU start  [{stage1.strip()}]")
     bench_node.report_node(image)
     bench_node.report_libvirt(image)
+    bench_kubernetes.report_sizes(image)
+    bench_kubernetes.report_build(json.loads(image.manifest.read_text())["source_date_epoch"])
+    bench_kubernetes.report_node(image)
     return 0
 
 

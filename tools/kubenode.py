@@ -29,19 +29,27 @@ MIRRORED = "talos.test"  # the registry name workloads use; the node pulls it th
 HOSTNAME = "k8s-init"
 
 
-def init_config(workdir: Path, *, registry: bool) -> tuple[str, Path]:
-    """An init node's config for a one-node cluster at 10.0.2.15, and the talosconfig beside it."""
-    generated = generate("e2e", f"https://{GUEST_ADDRESS}:6443")
-    doc = yaml.safe_load(generated.init)
+ENDPOINT = f"https://{GUEST_ADDRESS}:6443"
+
+
+def init_config(
+    workdir: Path, *, registry: bool, init: str | None = None, talosconfig: str | None = None
+) -> tuple[str, Path]:
+    """An init node's config for a one-node cluster at 10.0.2.15 (generated, or ``init`` as given), with
+    its host name and registry mirror set, and the talosconfig beside it."""
+    if init is None or talosconfig is None:
+        generated = generate("e2e", ENDPOINT)
+        init, talosconfig = generated.init, generated.talosconfig
+    doc = yaml.safe_load(init)
     doc["machine"]["network"] = {"hostname": HOSTNAME}
     if registry:
         doc["cluster"]["kubernetes"]["registryMirrors"] = {MIRRORED: [f"http://{REGISTRY_HOST}:5000"]}
     workdir.mkdir(parents=True, exist_ok=True)
-    talosconfig = workdir / "talosconfig"
-    talosconfig.write_text(generated.talosconfig)
+    path = workdir / "talosconfig"
+    path.write_text(talosconfig)
     config = yaml.safe_dump(doc, sort_keys=False)
     (workdir / "init.yaml").write_text(config)
-    return config, talosconfig
+    return config, path
 
 
 @dataclass
@@ -131,9 +139,16 @@ def kube_node(
     disk_size: str = "8G",
     memory_mb: int = 4096,
     disk: Path | None = None,
+    configs: tuple[str, str] | None = None,
 ) -> Iterator[KubeNode]:
-    """Boot an init node on its own persistent disk (grown to ``disk_size``); yields when QEMU runs."""
-    config, talosconfig = init_config(workdir, registry=registry_port is not None)
+    """Boot an init node on its own persistent disk (grown to ``disk_size``); yields when QEMU runs.
+
+    ``configs`` is (init config, talosconfig) of a cluster generated for :data:`ENDPOINT`; by default
+    a new cluster is generated."""
+    init, talos = configs if configs is not None else (None, None)
+    config, talosconfig = init_config(
+        workdir, registry=registry_port is not None, init=init, talosconfig=talos
+    )
     if disk is None:
         disk = nodevm.copy_disk(image.raw, workdir / "disk.raw")
         subprocess.run(["truncate", "-s", disk_size, str(disk)], check=True)

@@ -262,6 +262,13 @@ def phase_kubernetes(boot: Boot) -> None:
     Kubernetes services (the init node also bootstraps the control plane)."""
     assert boot.acquired is not None
     cfg = boot.acquired.config
+    if cfg.machine.type != MachineType.INIT:
+        # Joining a cluster (token discovery, trustd) is the local-cluster work still to come: until then
+        # a controlplane or worker node runs the OS services only, instead of a kubelet that waits forever.
+        boot.log(
+            f"kubernetes: a {cfg.machine.type} node does not join a cluster yet; only init nodes run Kubernetes"
+        )
+        return
     if not boot.address:
         boot.log("kubernetes: the node has no address yet: Kubernetes services are not started")
         return
@@ -269,12 +276,12 @@ def phase_kubernetes(boot: Boot) -> None:
     if absent:
         boot.log(f"kubernetes: this kernel has no sysctl {', '.join(absent)}")
     facts = kubeadm_config.NodeFacts(boot.hostname, boot.address)
-    bootstrap = cfg.machine.type == MachineType.INIT
     boot.kubernetes = KubernetesPlan(
-        boot.hostname, boot.address, bootstrap, tuple(kubeadm_config.kubelet_flags(cfg, facts))
+        boot.hostname, boot.address, True, tuple(kubeadm_config.kubelet_flags(cfg, facts))
     )
-    role = "bootstraps the control plane" if bootstrap else "runs the kubelet"
-    boot.log(f"kubernetes: {cfg.cluster.kubernetes.version} on {boot.address}; this node {role}")
+    boot.log(
+        f"kubernetes: {cfg.cluster.kubernetes.version} on {boot.address}; this node bootstraps the control plane"
+    )
 
 
 def phase_services(boot: Boot) -> None:
