@@ -35,8 +35,8 @@ WHEEL_TARGET = [
     "--abi", "abi3",
     "--abi", "none",
 ]  # fmt: skip
-# Parallel downloads: enough to hide each apt-get/pip start-up, few enough for one mirror.
-DOWNLOAD_WORKERS = 6
+# Download batches run at once (one of them for the wheels): a few connections, a few process start-ups.
+DOWNLOAD_WORKERS = 4
 
 
 def sha256_of(path: Path) -> str:
@@ -91,30 +91,59 @@ class Fetcher:
         return name
 
     def prefetch(self, debs: Sequence[str]) -> None:
-        """Download the locked ``debs`` and wheels missing from the cache, several at a time, behind one counter.
+        """Download the locked ``debs`` and wheels missing from the cache: a few batches at once, one counter.
 
+        Each apt-get or pip process costs about a second of CPU before it downloads anything, so the
+        files go in ``DOWNLOAD_WORKERS`` batches (one for the wheels) rather than one process each.
         Only fills the cache: resolving, verifying and updating the lock stay with ``deb`` and
-        ``wheels``, which then find the files in place (and report any that failed here).
+        ``wheels``, which find the files in place and fetch (and report) any a batch missed.
         """
-        jobs: list[Callable[[], object]] = []
-        for name in dict.fromkeys(debs):
-            pin = self.lock.debs.get(name)
-            if pin is not None and not _intact(self.cache / "debs" / pin.file, pin):
-                jobs.append(functools.partial(self._apt_download, name, pin.version, quiet=True))
-        for pin in self.lock.wheels.values():
-            if not _intact(self.cache / "wheels" / pin.file, pin):
-                reqs = [f"{wheel_name_version(pin.file)[0]}=={pin.version}"]
-                jobs.append(functools.partial(self._pip_download, reqs, self.cache / "wheels", deps=False))
-        if not jobs:
+        missing = [
+            (name, pin)
+            for name in dict.fromkeys(debs)
+            if (pin := self.lock.debs.get(name)) is not None
+            and not _intact(self.cache / "debs" / pin.file, pin)
+        ]
+        wheels = [
+            pin for pin in self.lock.wheels.values() if not _intact(self.cache / "wheels" / pin.file, pin)
+        ]
+        total = len(missing) + len(wheels)
+        if not total:
             return
-        self.progress.say(f"downloading {len(jobs)} files, {DOWNLOAD_WORKERS} at a time")
-        with ThreadPoolExecutor(max_workers=DOWNLOAD_WORKERS) as pool:
-            futures = [pool.submit(job) for job in jobs]
-            for done, future in enumerate(as_completed(futures), start=1):
+        deb_batches = max(1, DOWNLOAD_WORKERS - (1 if wheels else 0))
+        jobs: list[tuple[int, Callable[[], object]]] = [
+            (len(batch), functools.partial(self._apt_batch, batch))
+            for batch in (missing[i::deb_batches] for i in range(deb_batches))
+            if batch
+        ]
+        if wheels:
+            reqs = [f"{wheel_name_version(pin.file)[0]}=={pin.version}" for pin in wheels]
+            jobs.append(
+                (len(wheels), functools.partial(self._pip_download, reqs, self.cache / "wheels", deps=False))
+            )
+        self.progress.say(f"downloading {total} files in {len(jobs)} batches at once")
+        done = 0
+        with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+            futures = {pool.submit(job): count for count, job in jobs}
+            for future in as_completed(futures):
                 error = future.exception()
                 if error is not None and not isinstance(error, BakeError):
                     raise error
-                self.progress.count("downloaded", done, len(jobs))
+                done += futures[future]
+                self.progress.say(f"downloaded {done}/{total} files")
+
+    def _apt_batch(self, pins: list[tuple[str, Pin]]) -> None:
+        """One ``apt-get download`` for several locked packages (apt fetches them over one connection)."""
+        with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
+            subprocess.run(
+                [which("apt-get"), "-q", "-o", "APT::Sandbox::User=root", "download",
+                 *(f"{name}={pin.version}" for name, pin in pins)],
+                cwd=tmp, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            for _name, pin in pins:
+                got = Path(tmp) / pin.file
+                if got.exists():
+                    shutil.move(str(got), self.cache / "debs" / pin.file)
 
     def _cached(self, name: str) -> bool:
         pin = self.lock.debs.get(name)
@@ -163,9 +192,8 @@ class Fetcher:
             raise BakeError(f"apt knows no package {name!r}: run `apt-get update` (or `make deps`) first")
         return m.group(1)
 
-    def _apt_download(self, name: str, version: str, *, quiet: bool = False) -> Path | None:
-        if not quiet:
-            self.progress.say(f"downloading {name} {version}")
+    def _apt_download(self, name: str, version: str) -> Path | None:
+        self.progress.say(f"downloading {name} {version}")
         with tempfile.TemporaryDirectory(dir=self.cache) as tmp:
             proc = subprocess.run(
                 [which("apt-get"), "-q", "-o", "APT::Sandbox::User=root", "download", f"{name}={version}"],

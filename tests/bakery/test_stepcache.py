@@ -1,4 +1,4 @@
-"""The step cache and the pipeline with toy steps: keys, skipping, damage detection, list and prune."""
+"""The step cache and the pipeline with toy steps (keys, skipping, damage, list and prune), and the batched download."""
 
 from __future__ import annotations
 
@@ -201,3 +201,47 @@ def test_two_bakes_storing_one_key_keep_the_first_entry(tmp_path: Path) -> None:
     kept = cache.build("s", "k", {}, slower)
     assert (kept.out / "f").read_text() == "first"
     assert [e.key for e in cache.entries()] == ["k"] and not list(cache.root.glob(".tmp-*"))
+
+
+def test_prefetch_downloads_in_a_few_batches_behind_one_counter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake apt-get on PATH writes each requested package; the fetcher asks it a few times, not once a file."""
+    import hashlib
+
+    from bakery.fetch import DOWNLOAD_WORKERS, Fetcher
+    from bakery.lock import Lock, Pin
+
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    fake = bindir / "apt-get"
+    fake.write_text(
+        "#!/usr/bin/python3\n"
+        "import sys\n"
+        f"open({str(calls)!r}, 'a').write('call\\n')\n"
+        "for arg in sys.argv[sys.argv.index('download') + 1:]:\n"
+        "    name, version = arg.split('=')\n"
+        "    open(f'{name}_{version}_amd64.deb', 'w').write(name)\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    names = [f"pkg{i}" for i in range(10)]
+    lock = Lock(
+        debs={n: Pin("1.0", f"{n}_1.0_amd64.deb", hashlib.sha256(n.encode()).hexdigest()) for n in names}
+    )
+    messages: list[str] = []
+    progress = Progress(quiet=True)
+    progress.say = messages.append  # type: ignore[method-assign]
+    cache = tmp_path / "cache"
+    fetcher = Fetcher(cache, lock, locked=True, progress=progress)
+    fetcher.prefetch(names)
+    assert sorted(p.name for p in (cache / "debs").iterdir()) == sorted(f"{n}_1.0_amd64.deb" for n in names)
+    assert len(calls.read_text().split()) == DOWNLOAD_WORKERS  # batches, not one process per file
+    assert messages[0] == f"downloading 10 files in {DOWNLOAD_WORKERS} batches at once"
+    assert messages[-1] == "downloaded 10/10 files"
+    assert [fetcher.deb(n).name for n in names] == [
+        f"{n}_1.0_amd64.deb" for n in names
+    ]  # verified, no download
+    assert len(calls.read_text().split()) == DOWNLOAD_WORKERS
+    fetcher.prefetch(names)  # everything cached: nothing to do
+    assert len(calls.read_text().split()) == DOWNLOAD_WORKERS
