@@ -92,7 +92,7 @@ class KubeNode:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
         return result
 
-    def wait(self, what: str, check: Callable[[], bool], timeout: float, every: float = 5.0) -> float:
+    def wait(self, what: str, check: Callable[[], bool], timeout: float, every: float = 15.0) -> float:
         """Poll ``check`` until it holds; returns the seconds it took, or raises with the console tail."""
         start = time.monotonic()
         last_said = 0.0
