@@ -1,4 +1,11 @@
-"""Shared fixtures: the test image is baked once per run and shared by every test that boots it."""
+"""Shared fixtures: the test image is baked once per run and shared by every test that boots it.
+
+Every bake of the suite (in this process or a ``talos-bake`` subprocess) uses one step cache, the
+user's (``TALOS_BAKE_CACHE``, else ``~/.cache/talos-bake``): the default image is baked once, other
+platforms and options re-run only the BOOT filesystem and disk steps, and a run with unchanged
+sources bakes in seconds. At the end of the run the cache is pruned to the most recently used
+outputs of each step, so it does not grow with every change of the sources.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,9 @@ import json
 import os
 import shutil
 import sys
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +28,28 @@ _api_build.generate()
 
 from bakery.image import BakeOptions, BakeResult, bake  # noqa: E402
 from bakery.lock import LOCK_PATH  # noqa: E402
+from bakery.options import default_cache  # noqa: E402
+from bakery.stepcache import StepCache  # noqa: E402
 from talos_os.init.cgroups import cgroup2_mount  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # One build directory per test run; TALOS_TEST_BUILD lets concurrent runs keep apart.
 BUILD = Path(os.environ.get("TALOS_TEST_BUILD", REPO / "_build" / "test")).resolve()
+# The suite's bakes share this cache, subprocesses included (talos-bake reads TALOS_BAKE_CACHE).
+CACHE = default_cache().resolve()
+os.environ["TALOS_BAKE_CACHE"] = str(CACHE)
+# Outputs kept per step when a run ends: a run keeps kvm, xen and a second epoch (3 boot and disk outputs).
+KEEP_PER_STEP = 3
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bounded_bake_cache() -> Iterator[Path]:
+    """The shared step cache, pruned when a run that baked ends (the newest outputs of each step stay)."""
+    started = time.time()
+    yield CACHE
+    cache = StepCache(CACHE)
+    if any(entry.used >= started for entry in cache.entries()):
+        cache.prune(keep=KEEP_PER_STEP)
 
 
 @pytest.fixture(scope="session")

@@ -3,19 +3,24 @@ is reproducible, and an interrupted bake leaves no final-named file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bakery import policy, qemu
 from bakery.fetch import sha256_of
 from bakery.image import KSPP_ARGS, BakeOptions, BakeResult, bake, to_qcow2
+from bakery.stepcache import StepCache
 from bakery.tools import which
 from talos_os import __version__
 
@@ -98,12 +103,69 @@ def test_qcow2_conversion(baked_image: BakeResult, tmp_path: Path) -> None:
     assert info["format"] == "qcow2" and info["virtual-size"] == 2 << 30
 
 
-def test_two_bakes_are_byte_identical(baked_image: BakeResult, test_lock: Path, tmp_path: Path) -> None:
-    again = bake(
-        BakeOptions(platform="kvm", out=tmp_path / "again", lock_path=test_lock, locked=True, quiet=True)
+def _steps(image: BakeResult) -> dict[str, dict[str, Any]]:
+    """The manifest's record of each step: its key, and whether it came from the cache."""
+    steps: dict[str, dict[str, Any]] = json.loads(image.manifest.read_text())["steps"]
+    return steps
+
+
+def _ran(image: BakeResult) -> set[str]:
+    return {name for name, step in _steps(image).items() if not step["cached"]}
+
+
+def test_a_bake_from_nothing_matches_a_bake_from_the_cache(
+    baked_image: BakeResult, test_lock: Path, tmp_path: Path
+) -> None:
+    """Every step run afresh (an empty step cache; the same downloads) gives the bytes the cached steps
+    give; then damaged entries (a truncated BOOT filesystem, a changed byte in the disk) are rebuilt."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for kind in ("debs", "wheels"):  # downloads are not steps: share them rather than fetch them again
+        (cache / kind).symlink_to(BakeOptions().cache / kind)
+
+    def bake_into(name: str, cache: Path | None = None) -> BakeResult:
+        options = BakeOptions(out=tmp_path / name, lock_path=test_lock, locked=True, quiet=True)
+        return bake(options if cache is None else dataclasses.replace(options, cache=cache))
+
+    try:
+        fresh = bake_into("fresh", cache)
+        from_cache = bake_into("cached")
+        assert _ran(fresh) == set(_steps(fresh)) and _ran(from_cache) == set()
+        assert {n: s["key"] for n, s in _steps(fresh).items()} == {
+            n: s["key"] for n, s in _steps(from_cache).items()
+        }
+        assert sha256_of(fresh.raw) == sha256_of(from_cache.raw) == sha256_of(baked_image.raw)
+        assert fresh.data["sha256"] == from_cache.data["sha256"] == sha256_of(fresh.raw)
+        assert sha256_of(fresh.initramfs) == sha256_of(baked_image.initramfs)
+
+        entries = {e.step: e for e in StepCache(cache).entries()}
+        with open(entries["boot"].out / "boot.ext4", "r+b") as f:
+            f.truncate(1 << 20)
+        with open(entries["disk"].out / "disk.raw", "r+b") as f:
+            f.seek(1 << 20)
+            f.write(b"\xff")
+        repaired = bake_into("repaired", cache)
+        assert _ran(repaired) == {"boot", "disk"}
+        assert sha256_of(repaired.raw) == sha256_of(baked_image.raw)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # a whole set of step outputs: do not leave it to pytest
+
+
+def test_a_platform_change_reruns_only_the_boot_and_disk_steps(
+    baked_image: BakeResult, test_lock: Path, tmp_path: Path
+) -> None:
+    options = BakeOptions(out=tmp_path, lock_path=test_lock, locked=True, quiet=True)
+    other = bake(
+        dataclasses.replace(options, platform="xen", config_url=f"http://127.0.0.1:1/{uuid.uuid4().hex}.yaml")
     )
-    assert sha256_of(again.raw) == sha256_of(baked_image.raw)
-    assert sha256_of(again.initramfs) == sha256_of(baked_image.initramfs)
+    assert _ran(other) == {"boot", "disk"}
+    assert _steps(other)["squashfs"]["key"] == _steps(baked_image)["squashfs"]["key"]
+    assert (
+        "talos.platform=xen" in str(other.data["cmdline"])
+        and other.data["sha256"] != baked_image.data["sha256"]
+    )
+    for name in ("boot", "disk"):  # one-off outputs (a config URL never used again)
+        StepCache(options.cache).discard(name, _steps(other)[name]["key"])
 
 
 def test_interrupted_bake_leaves_no_final_named_file(
