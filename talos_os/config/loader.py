@@ -86,6 +86,8 @@ class _Loader(Composer, _Parser, SafeConstructor, Resolver):
         self.node_count = 0
         self.depth = 0
         self.paths: dict[int, Path] = {}
+        self.where: list[int | str] = []
+        self.failed_at: Path | None = None
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self.node_count += 1
@@ -95,11 +97,27 @@ class _Loader(Composer, _Parser, SafeConstructor, Resolver):
             raise _Reject(
                 f"config is nested too deeply (more than {MAX_DEPTH} levels)", position=self._here()
             )
+        # Where in the document this node is: a syntax error met inside names the path it broke.
+        part = (
+            index
+            if isinstance(index, int)
+            else str(index.value)
+            if isinstance(index, yaml.ScalarNode)
+            else None
+        )
+        if part is not None:
+            self.where.append(part)
         self.depth += 1
         try:
             return super().compose_node(parent, index)
+        except yaml.MarkedYAMLError:
+            if self.failed_at is None:
+                self.failed_at = tuple(self.where)
+            raise
         finally:
             self.depth -= 1
+            if part is not None:
+                self.where.pop()
 
     def _here(self) -> tuple[int | None, int | None]:
         event = self.peek_event()
@@ -255,6 +273,8 @@ def _loads(data: str | bytes, mode: Mode | None) -> MachineConfig:
             issues = list(_key_issues(root))
             loader.paths = _node_paths(root)
             raw = loader.construct_document(root)
+        except yaml.MarkedYAMLError as exc:
+            raise ConfigError([_redacted(_yaml_issue(exc, text, loader.failed_at or ()), [])]) from None
         finally:
             loader.dispose()
     except _Reject as exc:
@@ -491,16 +511,17 @@ def _sorted_unique(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return sorted(unique, key=lambda i: (i.line is None, i.line or 0, i.column or 0))
 
 
-def _yaml_issue(exc: yaml.MarkedYAMLError, text: str) -> ConfigIssue:
+def _yaml_issue(exc: yaml.MarkedYAMLError, text: str, path: Path = ()) -> ConfigIssue:
     mark = exc.problem_mark or exc.context_mark
     line, column = _position(mark)
     problem = exc.problem or "invalid YAML"
     if "maximum nesting depth" in problem:  # libyaml's own limit, met while scanning ahead
         return ConfigIssue("", f"config is nested too deeply (more than {MAX_DEPTH} levels)", line, column)
     if "cannot start any token" in problem and _char_at(text, line, column) == "\t":
-        return ConfigIssue("", "invalid YAML: found a tab '\\t' where YAML allows only spaces", line, column)
+        message = "invalid YAML: found a tab '\\t' where YAML allows only spaces"
+        return ConfigIssue(format_path(path), message, line, column)
     context = f" ({exc.context})" if exc.context and exc.problem else ""
-    return ConfigIssue("", f"invalid YAML: {problem}{context}", line, column)
+    return ConfigIssue(format_path(path), f"invalid YAML: {problem}{context}", line, column)
 
 
 def _char_at(text: str, line: int | None, column: int | None) -> str:

@@ -105,3 +105,11 @@ def test_a_misplaced_token_is_not_quoted(controlplane: dict[str, Any]) -> None:
     message = "\n".join(_issues(yaml.safe_dump(controlplane)))
     assert "version (line" in message and "<redacted>" in message
     assert controlplane["machine"]["token"] not in message
+
+
+def test_a_syntax_error_names_the_path_it_broke() -> None:
+    (issue,) = _issues("machine:\n  network:\n    interfaces: [a, b\n")
+    assert issue == (
+        "machine.network.interfaces (line 4, column 1): invalid YAML: did not find expected ',' or ']' "
+        "(while parsing a flow sequence)"
+    )
