@@ -38,6 +38,7 @@ from talos_os.osd.auth import (
     server_credentials,
 )
 from talos_os.osd.kubeconfig import NoKubeconfig, admin_kubeconfig
+from talos_os.redact import LineRedactor
 
 log = logging.getLogger(__name__)
 
@@ -305,8 +306,11 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
                 tail=request.tail if request.has_tail else None,
                 active=context.is_active,
             )
+            # The init redacts what it writes; anything else writing to the kernel log is redacted here.
+            redact = LineRedactor()
             for chunk in chunks:
-                yield pb.Data(bytes=chunk)
+                lines = chunk.decode("utf-8", "replace").split("\n")
+                yield pb.Data(bytes="\n".join(redact(line) for line in lines).encode())
         except OSError as exc:
             abort(
                 context,

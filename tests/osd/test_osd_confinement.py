@@ -24,6 +24,7 @@ from talos_os import pki
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.osd import server
 from talos_os.osd.opener import READER_ID
+from talos_os.osd.server import Osd, Settings
 
 
 def _read(stub: object, path: str | Path) -> bytes:
@@ -189,3 +190,21 @@ def test_copy_out_skips_entries_that_vanish(node: Node, cluster: Cluster, tmp_pa
         member = tar.extractfile("tree/c-kept")
         assert member is not None and member.read() == b"kept\n"
         assert tar.getmember("tree/a-big").size == 4 << 20
+
+
+def test_dmesg_carries_no_secret_whoever_wrote_it(node: Node, cluster: Cluster, tmp_path: Path) -> None:
+    token = "u07hao.tdk7jp4l7ykd4022"
+    key = pki.new_os_ca("dmesg-test").key_pem.decode().strip().splitlines()
+    kmsg = tmp_path / "kmsg"
+    records = [
+        f"6,1,1000000,-;joining with token {token}",
+        *(f"6,{i},2000000,-;{line}" for i, line in enumerate(key, 2)),
+    ]
+    kmsg.write_text("\n".join([*records, "6,99,3000000,-;after"]) + "\n")
+    settings = Settings(control_socket=node.settings.control_socket, kmsg=kmsg)
+    with Osd(node.osd.identity, node.osd.ca_pem, settings, address="127.0.0.1", port=0) as osd:
+        other = Node(node.root, osd, node.supervisor, node.control, settings, node.trigger)
+        with connect(other, cluster.client(pki.ROLE_READER)) as stub:
+            text = b"".join(d.bytes for d in stub.Dmesg(pb.DmesgRequest(), timeout=T)).decode()
+    assert "joining with token <redacted>" in text and "after" in text
+    assert token not in text and not any(line in text for line in key[1:-1])
