@@ -81,6 +81,21 @@ SKIPPED_PATHS = api.SKIPPED_PATHS
 SKIPPED_SHOWN = 10  # skipped paths named in the trailing metadata
 
 
+MAX_ID = 253  # characters of a service or container id (a DNS name's length is plenty)
+
+
+def _check_id(context: grpc.ServicerContext, ident: str) -> None:
+    """Refuse a missing or absurd id before it reaches the init, a log line or an error message."""
+    if not ident:
+        abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a service id is required")
+    if len(ident) > MAX_ID or not ident.isprintable():
+        abort(
+            context,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{transfer.shown(ident)!r} is not a service or container id (at most {MAX_ID} printable characters)",
+        )
+
+
 class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     """Every method of ``talos.os.v1.Node``; authorization already happened (:class:`AuthInterceptor`)."""
 
@@ -100,7 +115,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
                 f"osd cannot reach the init's control socket {self.settings.control_socket}: {exc}",
             )
         if not resp.get("ok"):
-            error = str(resp.get("error", "the init refused the request"))
+            error = transfer.shown(str(resp.get("error", "the init refused the request")))
             code = (
                 grpc.StatusCode.NOT_FOUND
                 if error.startswith(control.NOT_FOUND)
@@ -165,8 +180,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
         done: str,
         not_done: str,
     ) -> pb.ServiceActionReply:
-        if not request.id:
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a service id is required")
+        _check_id(context, request.id)
         caller = current_caller()
         log.warning("%s %s requested by %s", op, request.id, caller.name)
         ok = bool(self._init(context, op, name=request.id).get(key))
@@ -267,8 +281,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             abort(context, grpc.StatusCode.NOT_FOUND, str(exc))
 
     def Logs(self, request: pb.LogsRequest, context: grpc.ServicerContext) -> Iterator[pb.Data]:
-        if not request.id:
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a service id is required")
+        _check_id(context, request.id)
         if request.has_tail and request.tail < 0:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "tail must not be negative")
         if request.kubernetes:

@@ -164,6 +164,12 @@ def test_errors_are_statuses_not_unknown(node: Node, cluster: Cluster, tmp_path:
         assert mem.code() == grpc.StatusCode.INTERNAL and re.search(r"cannot read .*mem", mem.details())
         nul = rpc_error(lambda: list(admin.CopyOut(pb.CopyOutRequest(path="/tmp/\0x"), timeout=T)))
         assert nul.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # Service ids: a 20 KB id (echoed, it broke grpc's metadata limit) or one with a newline.
+        for ident in ("x" * 20_000, "ticker\nfake log line"):
+            logs = rpc_error(lambda i=ident: list(reader.Logs(pb.LogsRequest(id=i), timeout=T)))
+            start = rpc_error(lambda i=ident: admin.ServiceStart(pb.ServiceRequest(id=i), timeout=T))
+            for err in (logs, start):
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and len(err.details()) < 400
 
 
 def test_copy_out_skips_entries_that_vanish(node: Node, cluster: Cluster, tmp_path: Path) -> None:
