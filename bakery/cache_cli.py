@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from bakery.errors import BakeError
 from bakery.options import default_cache
 from bakery.stepcache import StepCache, allocated_bytes
 
@@ -63,7 +64,10 @@ def list_entries(cache: Path) -> None:
 def prune(keep: int, cache: Path) -> None:
     """Delete all but the KEEP most recently used outputs of each step, and leftovers of killed bakes."""
     store = StepCache(cache)
-    removed, freed = store.prune(keep)
+    try:
+        removed, freed = store.prune(keep)
+    except BakeError as exc:
+        raise click.ClickException(str(exc)) from None
     kept = store.entries()
     click.echo(
         f"removed {len(removed)} step outputs, freed {_mib(freed)}; "

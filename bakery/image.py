@@ -70,6 +70,11 @@ class _LockMoved(Exception):
 
 def bake(opts: BakeOptions, formats: Sequence[str] = ()) -> BakeResult:
     """Bake a raw disk image for ``opts.platform`` (and ``formats``, e.g. qcow2); returns where everything went."""
+    with StepCache(opts.cache.resolve()).in_use():  # no prune deletes the entries this bake uses
+        return _bake(opts, formats)
+
+
+def _bake(opts: BakeOptions, formats: Sequence[str]) -> BakeResult:
     progress = Progress(quiet=opts.quiet)
     opts = dataclasses.replace(opts, out=opts.out.resolve(), cache=opts.cache.resolve())
     plugins = discover()

@@ -10,6 +10,8 @@ directory, which ``prune`` removes once its process is gone.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -22,10 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bakery.errors import BakeError
 from bakery.sparse import data_extents
 
 STEPS_DIR = "steps"
 ENTRY = "entry.json"
+LOCK = ".lock"  # bakes hold it shared while they use entries; prune needs it alone
 OUT = "out"
 BLOCK = 1 << 20
 _ZERO_BLOCK = hashlib.sha256(bytes(BLOCK)).digest()
@@ -200,11 +204,30 @@ class StepCache:
             )
         return sorted(found, key=lambda e: e.used, reverse=True)
 
+    @contextlib.contextmanager
+    def in_use(self) -> Iterator[None]:
+        """Held by a bake while it reads and writes entries, so that no prune deletes them under it."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)
+            yield
+
     def prune(self, keep: int) -> tuple[list[Entry], int]:
         """Keep the ``keep`` most recently used entries of each step; delete the rest and dead bakes' leftovers.
 
-        Returns the deleted entries and the bytes freed (leftovers included).
+        Returns the deleted entries and the bytes freed (leftovers included). Refused while a bake runs.
         """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BakeError(
+                    f"a bake is using the cache in {self.root.parent}: prune again when it has finished"
+                ) from None
+            return self._prune(keep)
+
+    def _prune(self, keep: int) -> tuple[list[Entry], int]:
         removed: list[Entry] = []
         freed = 0
         per_step: dict[str, int] = {}

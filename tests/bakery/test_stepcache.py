@@ -245,3 +245,21 @@ def test_prefetch_downloads_in_a_few_batches_behind_one_counter(
     assert len(calls.read_text().split()) == DOWNLOAD_WORKERS
     fetcher.prefetch(names)  # everything cached: nothing to do
     assert len(calls.read_text().split()) == DOWNLOAD_WORKERS
+
+
+def test_prune_waits_for_no_bake(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from bakery.cli import cli
+
+    cache = StepCache(tmp_path)
+    for word in ("a", "b"):
+        pipeline(Ctx(word=word), tmp_path).get("base")
+    with cache.in_use():  # a bake is running
+        with pytest.raises(BakeError, match="a bake is using the cache"):
+            cache.prune(keep=0)
+        refused = CliRunner().invoke(cli, ["cache", "prune", "--keep", "0", "--cache", str(tmp_path)])
+        assert refused.exit_code == 1 and "prune again when it has finished" in refused.output
+        assert "Traceback" not in refused.output
+    assert len(cache.entries()) == 2
+    assert len(cache.prune(keep=0)[0]) == 2 and cache.entries() == []
