@@ -145,6 +145,7 @@ def start(
     memory_mb: int = 1024,
     extra: Sequence[str] = (),
     snapshot: bool = True,
+    disk_cache: str | None = None,
     disk_format: str = "raw",
     kernel: Path | None = None,
     initrd: Path | None = None,
@@ -174,7 +175,8 @@ def start(
         raise BakeError(f"unknown firmware {firmware!r}: use bios or uefi")
     if disk is not None:
         snap = ",snapshot=on" if snapshot else ""
-        argv += ["-drive", f"file={disk},format={disk_format},if=virtio{snap}"]
+        cache = f",cache={disk_cache}" if disk_cache else ""
+        argv += ["-drive", f"file={disk},format={disk_format},if=virtio{snap}{cache}"]
     if kernel is not None:
         argv += ["-kernel", str(kernel)]
         if initrd is not None:

@@ -168,5 +168,7 @@ def kube_node(
             net=net,
             memory_mb=memory_mb,
             reboot=True,
+            # etcd fsyncs every write; a throwaway test disk need not wait for the host's disk to flush
+            disk_cache="unsafe",
         ) as vm:
             yield KubeNode(vm, f"127.0.0.1:{osd_port}", api_port, talosconfig, workdir, kubectl_binary)

@@ -228,6 +228,7 @@ def boot_node(
     append: str = "",
     memory_mb: int = 1024,
     reboot: bool = False,
+    disk_cache: str | None = None,
 ) -> qemu.Boot:
     """Start QEMU with the image's kernel and initramfs; the disk is the image (snapshot) or ``disk``."""
     args = [*net, *extra]
@@ -242,6 +243,7 @@ def boot_node(
         memory_mb=memory_mb,
         extra=args,
         reboot=reboot,
+        disk_cache=disk_cache,
     )
 
 
