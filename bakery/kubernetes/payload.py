@@ -98,9 +98,9 @@ def library_closure(tree: Path, executables: Iterable[str]) -> list[str]:
         if missing:
             raise BakeError(f"/{rel} needs {', '.join(missing)}, which the root filesystem lacks")
         queue.extend(found.values())
-        if info.interpreter:
-            interp = elf.resolve_in_root(tree, tree / info.interpreter.lstrip("/"))
-            if interp is None:
+        if info.interpreter:  # by the path the kernel opens (a link in merged-usr), so the link comes along
+            interp = tree / info.interpreter.lstrip("/")
+            if elf.resolve_in_root(tree, interp) is None:
                 raise BakeError(
                     f"/{rel} needs the loader {info.interpreter}, which the root filesystem lacks"
                 )

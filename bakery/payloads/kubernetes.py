@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from bakery.fetch import sha256_of
 from bakery.kubernetes import build
 from bakery.pipeline import Step
 from bakery.stepcache import Entry, Staging
@@ -25,7 +26,12 @@ def make(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entry]) -> Non
     ctx.progress.say(
         f"kubernetes {versions.KUBERNETES} built in {seconds:.0f}s ({binary.stat().st_size >> 20} MiB)"
     )
-    staging.meta.update(version=versions.KUBERNETES, build_seconds=round(seconds, 1), go=build.go_version())
+    staging.meta.update(
+        version=versions.KUBERNETES,
+        build_seconds=round(seconds, 1),
+        go=build.go_version(),
+        sha256=sha256_of(binary),
+    )
 
 
 def manifest(step_meta: Mapping[str, Any], rootfs_meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,6 +41,7 @@ def manifest(step_meta: Mapping[str, Any], rootfs_meta: Mapping[str, Any]) -> di
         "version": step_meta.get("version"),
         "go": step_meta.get("go"),
         "build_seconds": step_meta.get("build_seconds"),
+        "binary_sha256": step_meta.get("sha256"),
         "binary_bytes": installed.get("binary_bytes"),
         "images_archive_bytes": installed.get("archive_bytes"),
         "images": installed.get("images"),

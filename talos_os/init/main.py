@@ -272,7 +272,9 @@ def phase_kubernetes(boot: Boot) -> None:
     if not boot.address:
         boot.log("kubernetes: the node has no address yet: Kubernetes services are not started")
         return
-    absent = kubernetes_node.prepare(cfg, kubernetes_node.Effects(write_sysctls, make_shared))
+    host_resolv = (network.FILES_DIR / "resolv.conf").read_text()
+    effects = kubernetes_node.Effects(write_sysctls, make_shared)
+    absent = kubernetes_node.prepare(cfg, effects, boot.address, host_resolv)
     if absent:
         boot.log(f"kubernetes: this kernel has no sysctl {', '.join(absent)}")
     facts = kubeadm_config.NodeFacts(boot.hostname, boot.address)

@@ -61,7 +61,15 @@ API_SERVER_FLAGS: dict[str, str] = {
     "tls-min-version": "VersionTLS12",
     "tls-cipher-suites": STRONG_CIPHERS,
 }
+# A slow node answers a lease renewal in seconds, not milliseconds: with client-go's defaults (renew
+# within 10 s) the controller manager and scheduler lose their leases and exit over and over.
+LEADER_ELECTION_FLAGS: dict[str, str] = {
+    "leader-elect-lease-duration": "60s",
+    "leader-elect-renew-deadline": "40s",
+    "leader-elect-retry-period": "10s",
+}
 CONTROLLER_MANAGER_FLAGS: dict[str, str] = {
+    **LEADER_ELECTION_FLAGS,
     "profiling": "false",
     "bind-address": "127.0.0.1",
     "use-service-account-credentials": "true",
@@ -70,6 +78,7 @@ CONTROLLER_MANAGER_FLAGS: dict[str, str] = {
     "tls-cipher-suites": STRONG_CIPHERS,
 }
 SCHEDULER_FLAGS: dict[str, str] = {
+    **LEADER_ELECTION_FLAGS,
     "profiling": "false",
     "bind-address": "127.0.0.1",
     "tls-min-version": "VersionTLS12",
@@ -249,7 +258,7 @@ def kubelet_config(cfg: MachineConfig, node: NodeFacts) -> dict[str, object]:
         "eventRecordQPS": 5,  # CIS 4.2.9
         "failSwapOn": False,
         "staticPodPath": "/etc/kubernetes/manifests",
-        "resolvConf": "/etc/resolv.conf",
+        "resolvConf": "/run/talos/kubernetes/resolv.conf",  # node.kubelet_resolv_conf
         "serializeImagePulls": False,
         "imageGCHighThresholdPercent": 95,
         "imageGCLowThresholdPercent": 90,

@@ -40,6 +40,7 @@ STATE_DIRS: dict[str, int] = {
     "etc/cni/net.d": 0o755,
 }
 KUBELET_DIR = "/var/lib/kubelet"
+KUBELET_RESOLV = Path("/run/talos/kubernetes/resolv.conf")
 CTR = ("/usr/bin/ctr", "--address", containerd.SOCKET, "--namespace", "k8s.io")
 
 
@@ -51,9 +52,11 @@ class Effects:
     make_shared: Callable[[str, bool], None]  # (path, bind onto itself first)
 
 
-def prepare(cfg: MachineConfig, effects: Effects, root: Path = Path("/")) -> list[str]:
-    """Sysctls, shared mount propagation for the kubelet, state directories on /var and containerd's
-    files; returns the sysctls this kernel lacks."""
+def prepare(
+    cfg: MachineConfig, effects: Effects, address: str, host_resolv: str, root: Path = Path("/")
+) -> list[str]:
+    """Sysctls, shared mount propagation for the kubelet, state directories on /var, containerd's
+    files and the pods' resolv.conf; returns the sysctls this kernel lacks."""
     absent = effects.write_sysctls(SYSCTLS)
     for rel, mode in STATE_DIRS.items():
         path = root / rel
@@ -62,7 +65,21 @@ def prepare(cfg: MachineConfig, effects: Effects, root: Path = Path("/")) -> lis
     effects.make_shared("/", False)  # containers' mounts (volumes, bidirectional) propagate to the host
     effects.make_shared(KUBELET_DIR, True)
     write_containerd_files(cfg, root)
+    resolv = root / str(KUBELET_RESOLV).lstrip("/")
+    resolv.parent.mkdir(parents=True, exist_ok=True)
+    pki.write_public(resolv, kubelet_resolv_conf(host_resolv, address).encode())
     return absent
+
+
+def kubelet_resolv_conf(host: str, address: str) -> str:
+    """The resolv.conf pods with ``dnsPolicy: Default`` (CoreDNS among them) get: the node's own, or,
+    on a node without an upstream name server, one naming the node's address, where nothing answers
+    DNS. CoreDNS refuses to start with no upstream at all, and must not be pointed at a loopback
+    address (inside its pod that is itself, which its loop check treats as fatal); this way cluster
+    names resolve and other names fail at once."""
+    if any(line.split()[:1] == ["nameserver"] for line in host.splitlines()):
+        return host
+    return f"# written by the talos-os init: this node has no upstream name server\nnameserver {address}\n"
 
 
 def write_containerd_files(cfg: MachineConfig, root: Path = Path("/")) -> list[Path]:

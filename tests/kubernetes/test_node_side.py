@@ -37,7 +37,8 @@ def test_prepare_writes_state_dirs_and_containerd_files(init_config: MachineConf
         written.update(values)
         return ["kernel.keys.root_maxbytes"]
 
-    absent = node.prepare(cfg, node.Effects(sysctls, lambda p, b: shared.append((p, b))), tmp_path)
+    effects = node.Effects(sysctls, lambda p, b: shared.append((p, b)))
+    absent = node.prepare(cfg, effects, "10.0.2.15", "# no name server\n", tmp_path)
     assert absent == ["kernel.keys.root_maxbytes"]
     assert written["net.ipv4.ip_forward"] == "1" and written["net.bridge.bridge-nf-call-iptables"] == "1"
     assert written["vm.overcommit_memory"] == "1" and written["kernel.panic"] == "10"  # protectKernelDefaults
@@ -46,6 +47,7 @@ def test_prepare_writes_state_dirs_and_containerd_files(init_config: MachineConf
     config = (tmp_path / "run/talos/containerd/config.toml").read_text()
     assert 'sandbox_image = "registry.k8s.io/pause:3.10.2"' in config
     assert "SystemdCgroup = false" in config and 'bin_dir = "/usr/lib/cni"' in config
+    assert (tmp_path / "run/talos/kubernetes/resolv.conf").read_text().endswith("nameserver 10.0.2.15\n")
     hosts = (tmp_path / "run/talos/containerd/certs.d/talos.test/hosts.toml").read_text()
     assert '[host."http://10.0.2.101:5000"]' in hosts and 'capabilities = ["pull", "resolve"]' in hosts
 
@@ -336,3 +338,10 @@ def test_bootstrap_runs_kubeadm_once_and_never_resets(
     # bootstrapped: kubeadm is not run again
     assert bootstrap.bootstrap(config, facts, root, str(working)) == 0
     assert len(calls.read_text().splitlines()) == 1
+
+
+def test_pods_get_the_nodes_name_servers_or_a_harmless_one() -> None:
+    host = "search example.com\nnameserver 10.0.0.53\n"
+    assert node.kubelet_resolv_conf(host, "10.0.2.15") == host
+    fallback = node.kubelet_resolv_conf("# written by the talos-os init\n", "10.0.2.15")
+    assert [ln for ln in fallback.splitlines() if not ln.startswith("#")] == ["nameserver 10.0.2.15"]

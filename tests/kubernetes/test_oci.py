@@ -104,3 +104,28 @@ def test_skopeo_reads_each_image(tmp_path: Path) -> None:
         check=True,
     )
     assert (dest / "manifest.json").exists()
+
+
+def test_library_closure_keeps_the_loader_path_the_kernel_opens(tmp_path: Path) -> None:
+    """The host's own /usr/bin/true (dynamic) comes with libc and /lib64/ld-linux-x86-64.so.2 as a
+    path that resolves inside the image (the kernel opens the interpreter by that name)."""
+    import shutil as _shutil
+
+    from bakery import deb
+    from bakery.kubernetes import payload
+
+    tree = tmp_path / "tree"
+    deb.make_merged_root(tree)
+    for rel in (
+        "usr/bin/true",
+        "usr/lib/x86_64-linux-gnu/libc.so.6",
+        "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+    ):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        _shutil.copy2("/" + rel, tree / rel)
+    (tree / "usr/lib64").mkdir(exist_ok=True)
+    (tree / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    paths = payload.library_closure(tree, ["usr/bin/true"])
+    assert "usr/lib64/ld-linux-x86-64.so.2" in paths  # the link the kernel follows...
+    assert "usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" in paths  # ...and the file behind it
+    assert "usr/lib/x86_64-linux-gnu/libc.so.6" in paths
