@@ -4,6 +4,7 @@
 - :mod:`.logbuffer`: a service's output, in memory and in a rotated file;
 - :mod:`.reaper`: who calls ``waitpid`` (PID 1 reaps orphans too) and :func:`run` for tools;
 - :mod:`.process`: the runner that starts a service as a plain subprocess;
+- :mod:`.restart`: the pure decision of what follows a run (finish, fail, give up, back off);
 - :mod:`.core`: the :class:`Supervisor` itself.
 
 Everything public is re-exported here, so ``from talos_os.init.supervisor import ...`` is the
@@ -33,6 +34,7 @@ from talos_os.init.supervisor.reaper import (
     run,
     set_child_subreaper,
 )
+from talos_os.init.supervisor.restart import RestartDecision, Verdict, decide_restart
 
 __all__ = [
     "DEFAULT_LOG_DIR",
@@ -47,13 +49,16 @@ __all__ = [
     "ProcessRunner",
     "Reaper",
     "Restart",
+    "RestartDecision",
     "Runner",
     "ServiceEvent",
     "ServiceInfo",
     "ServiceSpec",
     "State",
     "Supervisor",
+    "Verdict",
     "WaitReaper",
+    "decide_restart",
     "file_exists",
     "run",
     "set_child_subreaper",

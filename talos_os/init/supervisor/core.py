@@ -30,11 +30,9 @@ from pathlib import Path
 from typing import IO
 
 from talos_os.init.cgroups import CgroupTree, Usage, proc_usage
-from talos_os.init.fetch import backoff_delay
 from talos_os.init.supervisor.logbuffer import LogBuffer
 from talos_os.init.supervisor.model import (
     Handle,
-    Restart,
     Runner,
     ServiceEvent,
     ServiceInfo,
@@ -43,6 +41,7 @@ from talos_os.init.supervisor.model import (
 )
 from talos_os.init.supervisor.process import ProcessRunner
 from talos_os.init.supervisor.reaper import Reaper, WaitReaper
+from talos_os.init.supervisor.restart import Verdict, decide_restart
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +402,7 @@ class Supervisor:
                 stream.close()
 
     def _run(self, svc: _Service) -> None:
-        """The service's thread: wait, prepare, run, decide, maybe back off and loop."""
+        """The service's thread: wait, prepare, run, decide (:func:`decide_restart`), maybe back off and loop."""
         spec = svc.spec
         runner = spec.runner or self.runner
         streak = 0  # consecutive short runs, for the backoff
@@ -454,25 +453,20 @@ class Supervisor:
                     if self.cgroups is not None:
                         self.cgroups.remove(spec.name)  # stays while leftover processes live in it
             with self._cond:
-                if self._stopping(svc):
-                    self._set(svc, State.STOPPED, f"stopped ({outcome})")
-                    return
-                if code == 0 and spec.restart != Restart.ALWAYS:
-                    self._set(svc, State.FINISHED, outcome)
-                    return
-                if spec.restart == Restart.NEVER:
-                    self._set(svc, State.FAILED, outcome)
-                    return
-                if spec.max_restarts is not None and svc.restarts >= spec.max_restarts:
-                    self._set(svc, State.FAILED, f"{outcome}; giving up after {svc.restarts} restarts")
-                    return
-                streak = 1 if ran >= spec.stable_after else streak + 1
-                delay = backoff_delay(
-                    streak, base=spec.backoff_base, cap=spec.backoff_cap, jitter=spec.backoff_jitter
+                decision = decide_restart(
+                    spec,
+                    code,
+                    ran,
+                    restarts=svc.restarts,
+                    streak=streak,
+                    stop_requested=self._stopping(svc),
                 )
-                svc.restarts += 1
-                self._set(svc, State.WAITING, f"{outcome}; restart {svc.restarts} in {delay:.2f}s")
-                deadline = time.monotonic() + delay
+                svc.restarts = decision.restarts
+                streak = decision.streak
+                self._set(svc, decision.state, decision.message(outcome))
+                if decision.verdict != Verdict.RESTART:
+                    return
+                deadline = time.monotonic() + decision.delay
                 while not self._stopping(svc):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
