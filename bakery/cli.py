@@ -26,6 +26,7 @@ from platforms.aws.cli import command as aws_command
 from platforms.kvm.cli import command as kvm_command
 from platforms.xen.cli import command as xen_command
 from talos_os import __version__
+from talos_os import output as out_fmt
 
 F = TypeVar("F", bound=Callable[..., Any])
 PLATFORMS = ["aws", "kvm", "xen", "bare-metal"]
@@ -72,7 +73,7 @@ def _check_kernel_args(_ctx: click.Context, _param: click.Parameter, value: str)
 
 
 def bake_options(func: F) -> F:
-    """The options every command that bakes an image takes."""
+    """The options every command that bakes an image takes, ``-o/--output`` included."""
     options = [
         click.option("--platform", type=click.Choice(PLATFORMS), default="kvm", show_default=True,
                      help="Platform the image is for (talos.platform= on the kernel command line)."),
@@ -94,6 +95,7 @@ def bake_options(func: F) -> F:
                      envvar="TALOS_BAKE_LOCK", show_default=True, help="Lock file to use."),
         click.option("--update-lock", is_flag=True,
                      help="Write the versions this bake used into the lock (otherwise it is never changed)."),
+        out_fmt.output_option(),  # every command that bakes prints what it made
     ]  # fmt: skip
     for option in reversed(options):
         func = option(func)
@@ -140,12 +142,40 @@ def cli() -> None:
     """Bake talos-os images from the pinned recipes, and publish them."""
 
 
-@cli.command(epilog="Example: talos-bake raw --platform aws --disk-size 4G")
+def bake_record(result: BakeResult, fmt: str = "raw") -> dict[str, object]:
+    """What a bake wrote, for ``-o json|yaml``: the files (absolute paths), the raw image's sha256 and
+    sizes, the platform and kernel command line, and each step's key (the manifest has the rest)."""
+    data: dict[str, Any] = result.data
+    record: dict[str, object] = {
+        "image": result.converted.get(fmt, result.raw).resolve(),
+        "format": fmt,
+        "platform": data["platform"],
+        "talos_os_version": data["talos_os_version"],
+        "raw": result.raw.resolve(),
+        "sha256": data["sha256"],
+        "size_bytes": data["size_apparent"],
+        "allocated_bytes": data["size_allocated"],
+    }
+    if fmt != "raw":
+        record[f"{fmt}_bytes"] = result.converted[fmt].stat().st_size
+    record.update(
+        manifest=result.manifest.resolve(),
+        kernel=result.kernel.resolve(),
+        initramfs=result.initramfs.resolve(),
+        kernel_release=data["kernel"]["release"],
+        cmdline=data["cmdline"],
+        source_date=out_fmt.iso_time(data["source_date_epoch"]),
+        steps={name: {"key": step["key"], "cached": step["cached"]} for name, step in data["steps"].items()},
+    )
+    return record
+
+
+@cli.command(epilog="Example: talos-bake raw --platform aws --disk-size 4G -o json")
 @bake_options
 def raw(**kw: Any) -> None:
-    """Bake a raw GPT disk image that boots under BIOS and UEFI."""
+    """Bake a raw GPT disk image that boots under BIOS and UEFI; prints its path (-o json: what was written)."""
     result = run_bake(kw)
-    click.echo(str(result.raw))
+    out_fmt.echo(kw["output"], bake_record(result), str(result.raw))
 
 
 @cli.command(epilog="Example: talos-bake qcow2 --platform kvm --out _out")
@@ -153,7 +183,7 @@ def raw(**kw: Any) -> None:
 def qcow2(**kw: Any) -> None:
     """Bake the raw image, then convert it to qcow2 (a cached step, like the bake's)."""
     result = run_bake(kw, formats=("qcow2",))
-    click.echo(str(result.converted["qcow2"]))
+    out_fmt.echo(kw["output"], bake_record(result, "qcow2"), str(result.converted["qcow2"]))
 
 
 @cli.command("completion", epilog='Example: eval "$(talos-bake completion bash)"')

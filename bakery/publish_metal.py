@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from bakery.errors import BakeError
 from bakery.image import BakeOptions, BakeResult
 from bakery.progress import Progress
 from platforms.image_source import BAKE_ONLY, checked_image, force_platform_option, refuse_bake_options
+from talos_os import output as out_fmt
 
 PLATFORM = "bare-metal"
 _HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -129,8 +131,25 @@ def run_install(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
         raise BakeError(
             f"writing {kw['disk']} failed: {exc.strerror or exc}; check the disk and try again"
         ) from None
-    for line in report.lines(raw):
-        click.echo(line)
+    out_fmt.echo(kw["output"], install_record(raw, report), report.lines(raw))
+
+
+def install_record(image: Path, report: installer.Report) -> dict[str, object]:
+    """What ``install`` wrote and verified, for ``-o json|yaml``."""
+    return {
+        "image": image.resolve(),
+        "disk": report.target.path,
+        "kind": "disk" if report.target.block else "file",
+        "image_bytes": report.image_size,
+        "data_bytes": report.data_bytes,
+        "zeroed_bytes": report.zeroed_bytes,
+        "sha256": report.sha256,
+        "verified": True,  # install() raises when the read-back differs
+        "write_seconds": round(report.write_seconds, 2),
+        "verify_seconds": round(report.verify_seconds, 2),
+        "backup_gpt_moved_to_bytes": report.gpt_moved_to,
+        "notes": report.notes,
+    }
 
 
 def run_iso(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
@@ -146,8 +165,16 @@ def run_iso(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, An
         sources = live_iso.sources_from_image(raw, Path(tmp))
         dest, label = live_iso.build(sources, dest, Path(tmp), epoch=BakeOptions().epoch,
                                      progress=_bytes_progress(progress, "writing ISO"))  # fmt: skip
-    progress.say(f"ISO: {dest} ({dest.stat().st_size >> 20} MiB, volume {label}, talos.root=iso:{label}/{live_iso.ROOT_PATH})")  # fmt: skip
-    click.echo(str(dest))
+    root = f"iso:{label}/{live_iso.ROOT_PATH}"
+    progress.say(f"ISO: {dest} ({dest.stat().st_size >> 20} MiB, volume {label}, talos.root={root})")
+    record = {
+        "iso": dest,
+        "image": raw.resolve(),
+        "size_bytes": dest.stat().st_size,
+        "volume": label,
+        "root": root,
+    }
+    out_fmt.echo(kw["output"], record, str(dest))
 
 
 def checked_hostname(hostname: str) -> str:
@@ -199,6 +226,19 @@ def checked_user_data(path: Path, validate: bool) -> bytes:
     return data
 
 
+def cidata_record(iso: Path, meta: bytes) -> dict[str, object]:
+    """What ``cidata`` wrote, for ``-o json|yaml`` (never the config itself: it holds secrets)."""
+    fields = yaml.safe_load(meta)
+    return {
+        "iso": iso.resolve(),
+        "size_bytes": iso.stat().st_size,
+        "mode": f"{stat.S_IMODE(iso.stat().st_mode):04o}",
+        "volume": cidata_iso.VOLUME_ID,
+        "instance_id": str(fields["instance-id"]),
+        "hostname": fields.get("local-hostname"),
+    }
+
+
 def write_cidata(user_data: bytes, meta: bytes | None, hostname: str | None, dest: Path) -> Path:
     """The NoCloud ISO at ``dest``, mode 0600 (it carries the config's secrets)."""
     if meta is None:
@@ -209,8 +249,9 @@ def write_cidata(user_data: bytes, meta: bytes | None, hostname: str | None, des
 
 def run_cidata(
     user_data: Path, meta_data: Path | None, hostname: str | None, out: Path, validate: bool
-) -> Path:
-    """Everything ``cidata`` does after click parsed the options: all checks, then one write."""
+) -> tuple[Path, bytes]:
+    """Everything ``cidata`` does after click parsed the options: all checks, then one write; returns
+    the ISO and the meta-data it holds."""
     if meta_data is not None and hostname is not None:
         raise BakeError(
             "--hostname only applies to generated meta-data: put local-hostname in your --meta-data file"
@@ -225,7 +266,9 @@ def run_cidata(
         checked_hostname(hostname)
     meta = checked_meta_data(meta_data) if meta_data is not None else None
     data = checked_user_data(user_data, validate)
-    return write_cidata(data, meta, hostname, out / "cidata.iso")
+    if meta is None:
+        meta = cidata_iso.default_meta_data(data, hostname)
+    return write_cidata(data, meta, hostname, out / "cidata.iso"), meta
 
 
 def _user_errors(func: Callable[[], None]) -> None:
@@ -295,13 +338,20 @@ def commands() -> list[click.Command]:
     @click.option(
         "--no-validate", is_flag=True, help="Write the ISO even if the user-data is not a valid config."
     )
+    @out_fmt.output_option()
     def cidata(
-        user_data: Path, meta_data: Path | None, hostname: str | None, out: Path, no_validate: bool
+        user_data: Path,
+        meta_data: Path | None,
+        hostname: str | None,
+        out: Path,
+        no_validate: bool,
+        output: str,
     ) -> None:
         """A NoCloud config ISO (volume cidata) holding user-data and meta-data."""
 
         def run() -> None:
-            click.echo(str(run_cidata(user_data, meta_data, hostname, out, not no_validate)))
+            iso, meta = run_cidata(user_data, meta_data, hostname, out, not no_validate)
+            out_fmt.echo(output, cidata_record(iso, meta), str(iso))
 
         _user_errors(run)
 

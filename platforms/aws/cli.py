@@ -2,8 +2,8 @@
 
 ``bakery/cli.py`` registers ``command()``. It is a factory because it needs ``bake_options`` and
 ``run_bake`` from bakery.cli, which imports this module: building the command when bakery.cli
-asks for it, not at import, keeps either import order working. stdout gets the AMI id (last
-line) or the dry-run plan; progress goes to stderr.
+asks for it, not at import, keeps either import order working. stdout gets the AMI id or the
+dry-run plan, or with ``-o json|yaml`` one document of either; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from platforms.image_source import (
     preflight_image,
     set_bake_platform,
 )
+from talos_os import output as out_fmt
 
 if TYPE_CHECKING:
     from platforms.aws.publish import AmiRequest
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 PLATFORM = "aws"
 EXAMPLES = """\b
 Examples:
-  talos-bake aws --ami --region eu-west-1 --name talos-0.1.0 --dry-run
+  talos-bake aws --ami --region eu-west-1 --name talos-0.1.0 --dry-run -o json
   talos-bake aws --ami --region eu-west-1 --name talos-0.1.0 --image _out/talos-aws.raw
 """
 
@@ -101,7 +102,7 @@ def command() -> click.Command:
         """Publish a talos-os image to AWS as an AMI (bakes it first unless --image is given)."""
         if not kw["ami"]:
             raise click.UsageError("say what to publish: --ami (an EC2 image) is the AWS target")
-        from platforms.aws.publish import AmiRequest, plan, publish_ami
+        from platforms.aws.publish import AmiRequest, plan_lines, plan_record, publish_ami, result_record
 
         request = AmiRequest(
             image=kw["image"] or kw["out"] / f"talos-{PLATFORM}.raw",
@@ -117,13 +118,14 @@ def command() -> click.Command:
         try:
             preflight(ctx, kw, request)
             if kw["dry_run"]:
+                note: str | None = None
                 if kw["image"]:
-                    lines = plan(request)
+                    record = plan_record(request)
                 else:
                     set_bake_platform(ctx, kw, PLATFORM)  # refuses another --platform as a bake would
                     note = f"baked first into {request.image} with the talos-bake raw options"
-                    lines = plan(request, bake_note=note, disk_size=parse_size(kw["disk_size"]))
-                click.echo("\n".join(lines))
+                    record = plan_record(request, bake_note=note, disk_size=parse_size(kw["disk_size"]))
+                out_fmt.echo(kw["output"], record, plan_lines(record, note))
                 return
             image = image_or_bake(ctx, kw, PLATFORM, run_bake)
             result = publish_ami(dataclasses.replace(request, image=image), progress=Progress())
@@ -131,6 +133,7 @@ def command() -> click.Command:
             raise click.ClickException(str(exc)) from None
         for region, copied in result.copies.items():
             click.echo(f"copy in {region}: {copied}", err=True)
-        click.echo(result.image_id)
+        request = dataclasses.replace(request, image=image)
+        out_fmt.echo(kw["output"], result_record(request, result), result.image_id)
 
     return drop_platform_option(aws, PLATFORM)

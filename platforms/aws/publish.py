@@ -104,6 +104,104 @@ def regions(session: boto3.Session, req: AmiRequest) -> tuple[str, list[str]]:
     return region, [r for r in others if r != region]
 
 
+def plan_record(
+    req: AmiRequest,
+    *,
+    session: boto3.Session | None = None,
+    bake_note: str | None = None,
+    disk_size: int | None = None,
+) -> dict[str, Any]:
+    """What ``publish_ami`` would do, as plain values (``-o json``); reads the image (if there is one) and
+    nothing remote. With ``bake_note`` the image does not exist yet (it would be baked, ``disk_size`` bytes)."""
+    check_request(req, need_image=bake_note is None)
+    region, others = regions(session or make_session(req.profile), req)
+    gib: int | None = volume_gib(disk_size) if disk_size else None
+    image: dict[str, Any] = {"path": req.image.resolve()}
+    upload: dict[str, Any] = {"method": req.method, "region": region}
+    if bake_note is None:
+        found = scan(req.image)
+        gib = volume_gib(found.size)
+        zeros = count_zero_blocks(found)
+        data = len(found.candidates) - zeros
+        image.update(size_bytes=found.size, blocks=found.total_blocks, block_bytes=BLOCK_SIZE)
+        if req.method == "ebs":
+            upload.update(
+                snapshot_gib=gib,
+                data_blocks=data,
+                data_bytes=data * BLOCK_SIZE,
+                hole_blocks=found.hole_blocks,
+                zero_blocks=zeros,
+                workers=req.workers,
+            )
+    else:
+        image.update(baked_first=True, size_bytes=disk_size)
+    if req.method == "import":
+        upload.update(bucket=req.bucket, prefix="talos-os-import/")
+    return {
+        "dry_run": True,
+        "endpoint": req.endpoint_url,
+        "name": req.name,
+        "region": region,
+        "image": image,
+        "upload": upload,
+        "register": {
+            "architecture": "x86_64",
+            "virtualization": "hvm",
+            "ena": True,
+            "sriov": "simple",
+            "boot_mode": "uefi-preferred",
+            "imds": "v2.0",
+            "root_device": ami.ROOT_DEVICE,
+            "volume_type": "gp3",
+            "volume_gib": gib,
+            "delete_on_termination": True,
+        },
+        "tags": {t["Key"]: t["Value"] for t in tags(req)},
+        "copy_to": others,
+    }
+
+
+def plan_lines(record: dict[str, Any], bake_note: str | None = None) -> list[str]:
+    """The plan of :func:`plan_record` for people (``bake_note``: how an image not there yet is made)."""
+    image, upload, reg, region = record["image"], record["upload"], record["register"], record["region"]
+    gib = reg["volume_gib"] if reg["volume_gib"] is not None else "?"
+    lines = ["plan (dry run: nothing is uploaded, registered or copied):"]
+    if record["endpoint"]:
+        lines.append(f"  endpoint: {record['endpoint']}")
+    if image.get("baked_first"):
+        lines.append(f"  image: {bake_note or 'baked first into ' + str(image['path'])}")
+    else:
+        lines.append(
+            f"  image: {image['path']} ({image['size_bytes']} bytes = {image['blocks']} blocks of "
+            f"{image['block_bytes'] >> 10} KiB)"
+        )
+        if upload["method"] == "ebs":
+            skipped = upload["hole_blocks"] + upload["zero_blocks"]
+            lines.append(
+                f"  upload: EBS direct APIs into a new {gib} GiB snapshot in {region}: {upload['data_blocks']} "
+                f"blocks ({upload['data_bytes'] / 2**20:.1f} MiB) to send, {upload['hole_blocks']} hole + "
+                f"{upload['zero_blocks']} zero blocks skipped ({skipped / max(1, image['blocks']):.1%}), "
+                f"{upload['workers']} in parallel"
+            )
+    if upload["method"] == "import":
+        lines.append(
+            f"  upload: the whole image to s3://{upload['bucket']}/{upload['prefix']} in {region}, then EC2 "
+            "ImportSnapshot (the S3 object is deleted afterwards)"
+        )
+    lines += [
+        f"  register: AMI {record['name']!r} in {region}: {reg['architecture']}, {reg['virtualization']}, ENA, "
+        f"sriov {reg['sriov']}, boot mode {reg['boot_mode']}, IMDS {reg['imds']} only, root {reg['root_device']} "
+        f"{reg['volume_type']} {gib} GiB delete-on-termination",
+        "  tags (snapshot and image): " + ", ".join(f"{k}={v}" for k, v in record["tags"].items()),
+    ]
+    if record["copy_to"]:
+        lines.append(f"  copy to: {', '.join(record['copy_to'])}")
+    lines.append(
+        f"  an AMI already named {record['name']!r} in a region is reported and reused, not duplicated"
+    )
+    return lines
+
+
 def plan(
     req: AmiRequest,
     *,
@@ -111,45 +209,35 @@ def plan(
     bake_note: str | None = None,
     disk_size: int | None = None,
 ) -> list[str]:
-    """What ``publish_ami`` would do, as lines; reads the image (if there is one) and nothing remote.
+    """What ``publish_ami`` would do, as lines (see :func:`plan_record`)."""
+    return plan_lines(plan_record(req, session=session, bake_note=bake_note, disk_size=disk_size), bake_note)
 
-    With ``bake_note`` the image does not exist yet (it would be baked, ``disk_size`` bytes)."""
-    check_request(req, need_image=bake_note is None)
-    region, others = regions(session or make_session(req.profile), req)
-    lines = ["plan (dry run: nothing is uploaded, registered or copied):"]
-    if req.endpoint_url:
-        lines.append(f"  endpoint: {req.endpoint_url}")
-    gib: int | str = volume_gib(disk_size) if disk_size else "?"
-    if bake_note is None:
-        found = scan(req.image)
-        gib = volume_gib(found.size)
-        zeros = count_zero_blocks(found)
-        data = len(found.candidates) - zeros
-        lines.append(
-            f"  image: {req.image} ({found.size} bytes = {found.total_blocks} blocks of {BLOCK_SIZE >> 10} KiB)"
-        )
-        if req.method == "ebs":
-            lines.append(
-                f"  upload: EBS direct APIs into a new {gib} GiB snapshot in {region}: {data} blocks "
-                f"({data * BLOCK_SIZE / 2**20:.1f} MiB) to send, {found.hole_blocks} hole + {zeros} zero blocks "
-                f"skipped ({(found.hole_blocks + zeros) / max(1, found.total_blocks):.1%}), {req.workers} in parallel"
-            )
-    else:
-        lines.append(f"  image: {bake_note}")
-    if req.method == "import":
-        lines.append(
-            f"  upload: the whole image to s3://{req.bucket}/talos-os-import/ in {region}, then EC2 ImportSnapshot "
-            "(the S3 object is deleted afterwards)"
-        )
-    lines += [
-        f"  register: AMI {req.name!r} in {region}: x86_64, hvm, ENA, sriov simple, boot mode uefi-preferred, "
-        f"IMDS v2.0 only, root {ami.ROOT_DEVICE} gp3 {gib} GiB delete-on-termination",
-        "  tags (snapshot and image): " + ", ".join(f"{t['Key']}={t['Value']}" for t in tags(req)),
-    ]
-    if others:
-        lines.append(f"  copy to: {', '.join(others)}")
-    lines.append(f"  an AMI already named {req.name!r} in a region is reported and reused, not duplicated")
-    return lines
+
+def result_record(req: AmiRequest, result: AmiResult) -> dict[str, Any]:
+    """What ``publish_ami`` did, as plain values (``-o json``)."""
+    stats = result.stats
+    return {
+        "image_id": result.image_id,
+        "name": req.name,
+        "region": result.region,
+        "regions": [result.region, *result.copies],
+        "existed": result.existed,
+        "snapshot_id": result.snapshot_id,
+        "copies": dict(result.copies),
+        "image": req.image.resolve(),
+        "method": req.method,
+        "upload": None
+        if stats is None
+        else {
+            "total_blocks": stats.total_blocks,
+            "sent_blocks": stats.sent_blocks,
+            "sent_bytes": stats.sent_bytes,
+            "hole_blocks": stats.hole_blocks,
+            "zero_blocks": stats.zero_blocks,
+            "retries": stats.retries,
+            "seconds": round(stats.seconds, 2),
+        },
+    }
 
 
 def publish_ami(

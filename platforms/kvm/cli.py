@@ -32,6 +32,7 @@ from platforms.image_source import (
 )
 from platforms.kvm import publish
 from platforms.kvm.publish import DomainSpec, Network
+from talos_os import output as out_fmt
 
 PLATFORM = "kvm"
 
@@ -156,17 +157,31 @@ def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
             progress.say(
                 f"domain {spec.name} defined on {kw['uri']}" + (" and started" if kw["start"] else "")
             )
-    click.echo(str(disk))
-    if cidata is not None:
-        click.echo(str(cidata))
-    click.echo(str(xml_path))
-    click.echo(publish.virt_install_line(spec, kw["uri"]))
+    line = publish.virt_install_line(spec, kw["uri"])
+    record = {
+        "name": spec.name,
+        "disk": disk,
+        "cidata": cidata,
+        "xml": xml_path,
+        "virt_install": line,
+        "domain_type": spec.domain_type,
+        "memory_mib": spec.memory_mib,
+        "vcpus": spec.vcpus,
+        "firmware": spec.firmware,
+        "network": str(spec.network),
+        "uri": kw["uri"],
+        "defined": checked.conn is not None,
+        "started": checked.conn is not None and bool(kw["start"]),
+    }
+    text = [str(disk), *([str(cidata)] if cidata is not None else []), str(xml_path), line]
+    out_fmt.echo(kw["output"], record, text)
 
 
 EXAMPLES = """\b
 Examples:
   talos-bake kvm --config-url http://10.0.0.1:8080/worker.yaml
   talos-bake kvm --image _out/talos-kvm.raw --config worker.yaml --define --start
+  talos-bake kvm --image _out/talos-kvm.raw --name n1 -o json
 """
 
 

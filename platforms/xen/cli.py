@@ -24,6 +24,7 @@ from bakery.tools import run
 from platforms.image_source import drop_platform_option, force_platform_option, image_or_bake, preflight_image
 from platforms.xen import publish
 from platforms.xen.publish import XenDomain
+from talos_os import output as out_fmt
 
 PLATFORM = "xen"
 
@@ -73,15 +74,26 @@ def publish_xen(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
     write_atomic(pv, publish.pv_config(domain).encode())
     text = publish.vm_data_howto(domain.name, str(pv), kw["vm_data_url"])
     write_atomic(howto, text.encode())
-    for path in (disk, hvm, pv, howto):
-        click.echo(str(path))
+    record = {
+        "name": domain.name,
+        "image": image,
+        "disk": disk,
+        "hvm_config": hvm,
+        "pv_config": pv,
+        "vm_data_howto": howto,
+        "memory_mib": domain.memory_mib,
+        "vcpus": domain.vcpus,
+        "bridge": domain.bridge,
+        "firmware": domain.firmware,
+    }
+    out_fmt.echo(kw["output"], record, [str(path) for path in (disk, hvm, pv, howto)])
     click.echo(text, err=True, nl=False)
 
 
 EXAMPLES = """\b
 Examples:
   talos-bake xen --config-url http://10.0.0.1:8080/worker.yaml
-  talos-bake xen --image _out/talos-xen.raw --name worker-1 --bridge xenbr0
+  talos-bake xen --image _out/talos-xen.raw --name worker-1 --bridge xenbr0 -o yaml
 """
 
 

@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 
 import click
 
-from talos_os import talosconfig
+from talos_os import output, talosconfig
 
 TALOSCONFIG = "talos_os.talosconfig"
 CONTEXT = "talos_os.context"
 ENDPOINTS = "talos_os.endpoints"
 NODES = "talos_os.nodes"
 OUTPUT = "talos_os.output"
-OUTPUT_FORMATS = ("table", "json", "yaml")
+OUTPUT_FORMATS = output.FORMATS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -92,13 +92,7 @@ def root_output_option() -> click.Option:
 
 def output_option() -> Callable[[F], F]:
     """A command's ``-o/--output table|json|yaml``; None when not given (see :func:`output_format`)."""
-    return click.option(
-        "-o",
-        "--output",
-        type=click.Choice(OUTPUT_FORMATS),
-        default=None,
-        help="Output format [default: table].",
-    )
+    return output.output_option(default=None)
 
 
 def output_format(value: str | None, ctx: click.Context | None = None) -> str:

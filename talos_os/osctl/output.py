@@ -1,15 +1,27 @@
-"""How osctl prints node answers: aligned tables for people, JSON or YAML for scripts, node-prefixed lines."""
+"""How osctl prints node answers: protobuf messages as plain values, node-prefixed lines. The formats
+themselves (tables, JSON, YAML, sizes, ages) are :mod:`talos_os.output`, shared with talos-bake."""
 
 from __future__ import annotations
 
-import json
 import threading
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, BinaryIO
 
-import yaml
 from google.protobuf.message import Message
+
+from talos_os.output import duration, iso_time, render, size, table, to_json, to_yaml
+
+__all__ = [
+    "TIME_FIELDS",
+    "LinePrinter",
+    "duration",
+    "iso_time",
+    "plain",
+    "render",
+    "size",
+    "table",
+    "to_json",
+    "to_yaml",
+]
 
 # Fields holding a unix time as a double; shown as ISO 8601 (UTC), 0 as null.
 TIME_FIELDS = frozenset({"since", "time"})
@@ -37,61 +49,6 @@ def plain(msg: Message) -> dict[str, Any]:
         else:
             out[fd.name] = value
     return out
-
-
-def iso_time(epoch: float) -> str | None:
-    """``2026-12-01T08:15:55.123456Z`` for a unix time; None for 0 (never set)."""
-    if not epoch:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """Columns padded to their widest cell, three spaces apart, no trailing blanks."""
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    return "\n".join(
-        "   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    )
-
-
-def to_json(value: object) -> str:
-    return json.dumps(value, indent=2, sort_keys=False, default=str)
-
-
-def to_yaml(value: object) -> str:
-    """YAML in the order given (records read like the table's columns)."""
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, width=1 << 20).rstrip("\n")
-
-
-def render(output: str, headers: Sequence[str], rows: Sequence[Sequence[object]], records: object) -> str:
-    """The table for ``table``, else ``records`` as JSON or YAML."""
-    if output == "json":
-        return to_json(records)
-    if output == "yaml":
-        return to_yaml(records)
-    return table(headers, rows)
-
-
-def size(n: float) -> str:
-    """Bytes for people: 512 B, 1.5 KiB, 3.2 GiB."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def duration(seconds: float) -> str:
-    """An age like ``45s``, ``3m12s``, ``2h5m``, ``4d3h``."""
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60}s"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60}m"
-    return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
 class LinePrinter:

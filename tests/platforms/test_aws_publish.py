@@ -424,6 +424,26 @@ def test_dry_run_prints_the_plan_and_touches_nothing(moto: str, sparse_image: Pa
     assert refused.exit_code == 1 and "--config-url only applies when baking" in refused.stderr
 
 
+def test_cli_json_names_the_ami_its_snapshot_and_regions(moto: str, tmp_path: Path) -> None:
+    """``-o json``: one document on stdout (AMI, snapshot, regions, copies), progress on stderr only."""
+    image = make_image(tmp_path / "talos-aws.raw", "aws")
+    args = ["aws", "--ami", "--image", str(image), "--region", REGION, "--name", "talos-json",
+            "--copy-to-regions", OTHER_REGION, "--endpoint-url", moto, "-o", "json"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    (ami_image,) = own_images(moto)
+    assert doc["image_id"] == ami_image["ImageId"] and doc["name"] == "talos-json" and doc["existed"] is False
+    assert doc["region"] == REGION and doc["regions"] == [REGION, OTHER_REGION]
+    assert set(doc["copies"]) == {OTHER_REGION} and doc["copies"][OTHER_REGION].startswith("ami-")
+    (snap,) = own_snapshots(moto, ours=True)
+    assert doc["snapshot_id"] == snap["SnapshotId"] and doc["image"] == str(image)
+    assert doc["upload"]["total_blocks"] == 32 and doc["upload"]["sent_blocks"] >= 1
+    again = CliRunner().invoke(cli, [*args[:-1], "yaml"])  # published already: found, not uploaded
+    assert again.exit_code == 0, again.output
+    assert "image_id: " + doc["image_id"] in again.stdout and "existed: true" in again.stdout
+
+
 def test_dry_run_without_image_bakes_nothing(moto: str, tmp_path: Path) -> None:
     args = ["aws", "--ami", "--dry-run", "--region", REGION, "--name", "talos-test", "--out", str(tmp_path / "out")]  # fmt: skip
     result = CliRunner().invoke(cli, args)
