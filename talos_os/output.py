@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 from datetime import UTC, date, datetime
 from pathlib import PurePath
 from typing import Any, TypeVar
@@ -61,8 +61,8 @@ def jsonable(value: object) -> Any:
         return jsonable(dataclasses.asdict(value))
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v) for v in value]
+    if isinstance(value, Sequence | Set) and not isinstance(value, bytes | bytearray):
+        return [jsonable(v) for v in value]  # lists, tuples, sets, protobuf repeated fields
     return str(value)
 
 

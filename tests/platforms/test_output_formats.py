@@ -343,3 +343,28 @@ def test_every_result_command_has_the_option() -> None:
         (option,) = [p for p in command.params if p.name == "output"]
         assert isinstance(option, click.Option) and option.opts == ["-o", "--output"], name
         assert option.default == "table", name
+
+
+def test_documents_hold_only_plain_values() -> None:
+    """Paths as strings, aware times in ISO 8601 UTC, tuples and sets as lists: what jq and YAML readers expect."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from talos_os.output import document, to_json
+
+    value = {
+        "path": Path("/x/y"),
+        "when": datetime(2026, 12, 1, 9, 0, tzinfo=timezone(timedelta(hours=2))),
+        "pair": (1, 2),
+        "tags": frozenset({"a"}),
+        "utc": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    expected = {
+        "path": "/x/y",
+        "when": "2026-12-01T07:00:00Z",
+        "pair": [1, 2],
+        "tags": ["a"],
+        "utc": "2026-01-01T00:00:00Z",
+    }
+    assert json.loads(to_json(value)) == expected
+    assert yaml.safe_load(document("yaml", value, "ignored")) == expected
+    assert document("table", value, "text for people") == "text for people"
