@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import yaml
+
 from talos_os.config import ConfigError, MachineConfig, loads
 from talos_os.init.fetch import ConfigRef, backoff_delay
 
@@ -25,6 +27,26 @@ class Acquired:
     data: bytes
     source: str
     attempts: int
+    kubernetes_problem: str = ""  # set when only the Kubernetes settings were invalid (and left out)
+
+
+# Sections whose mistakes cost only Kubernetes: the node comes up without it, answering osctl.
+KUBERNETES_SECTIONS = ("cluster.kubernetes", "cluster.network")
+
+
+def without_kubernetes(data: bytes, err: ConfigError) -> tuple[MachineConfig, bytes] | None:
+    """When every problem lies in the Kubernetes settings, the config with those sections at their
+    defaults (so the OS and osd run while the operator fixes them); else None."""
+    if not err.issues or not all(i.path.startswith(KUBERNETES_SECTIONS) for i in err.issues):
+        return None
+    try:
+        doc = yaml.safe_load(data)
+        for name in ("kubernetes", "network"):
+            doc["cluster"].pop(name, None)
+        text = yaml.safe_dump(doc, sort_keys=False).encode()
+        return loads(text), text
+    except (ConfigError, yaml.YAMLError, TypeError, KeyError, AttributeError):
+        return None
 
 
 @dataclass
@@ -64,6 +86,13 @@ def acquire_config(
                 except ConfigError as err:
                     problem = f"the machine config from {ref.source} is invalid:\n{err}"
                     delay = policy.invalid_poll
+                    usable = without_kubernetes(data, err)
+                    if usable is not None:
+                        log(f"{problem}\nconfig: only its Kubernetes settings are wrong: the node comes up "
+                            "without Kubernetes; fix them and reboot")  # fmt: skip
+                        return Acquired(
+                            usable[0], usable[1], ref.source, attempt, kubernetes_problem=str(err)
+                        )
                 else:
                     log(f"config: {len(data)} bytes from {ref.source}, valid (attempt {attempt})")
                     return Acquired(config, data, ref.source, attempt)

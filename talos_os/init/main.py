@@ -262,6 +262,9 @@ def phase_kubernetes(boot: Boot) -> None:
     Kubernetes services (the init node also bootstraps the control plane)."""
     assert boot.acquired is not None
     cfg = boot.acquired.config
+    if boot.acquired.kubernetes_problem:
+        boot.log("kubernetes: not started: the config's Kubernetes settings are invalid (see above)")
+        return
     if cfg.machine.type != MachineType.INIT:
         # Joining a cluster (token discovery, trustd) is the local-cluster work still to come: until then
         # a controlplane or worker node runs the OS services only, instead of a kubelet that waits forever.

@@ -218,3 +218,29 @@ def test_an_unexpected_exception_is_logged_then_the_node_reboots(monkeypatch: py
     assert "FATAL: disk on fire" in log.lines and "rebooting in 60 s" in log.lines
     assert any("ValueError: disk on fire" in line for line in log.lines)  # the traceback, for a bug report
     assert events[:2] == ["sleep 60", f"reboot {init_main.syscalls.LINUX_REBOOT_CMD_RESTART:#x}"]
+
+
+def test_a_config_wrong_only_in_kubernetes_brings_the_node_up_without_it() -> None:
+    """Bad pod/service ranges or another Kubernetes version cost Kubernetes, not the node: osd still
+    comes up (with the machine settings) and the errors are logged with their paths."""
+    bad = GOOD.replace("version: v1.36.3", "version: v1.30.2").replace("10.96.0.0/12", "10.0.0.0/8")
+    log = Lines()
+    got = acquire_config(
+        lambda: ConfigRef(source="test url", url="http://config/bad"), {"http://config/bad": bad.encode()}.__getitem__,
+        log, policy=AcquirePolicy(jitter=0.0), sleep=lambda _s: None, max_attempts=1,
+    )  # fmt: skip
+    text = "\n".join(log.lines)
+    assert "cluster.kubernetes.version" in text and "cluster.network.serviceSubnets[0]" in text
+    assert "the node comes up without Kubernetes" in text
+    assert "cluster.kubernetes.version" in got.kubernetes_problem
+    assert got.config.machine.type == "controlplane" and got.config.cluster.kubernetes.version == "v1.36.3"
+    assert loads(got.data).machine.ca == got.config.machine.ca  # what osd reads is the usable config
+
+
+def test_a_config_wrong_elsewhere_still_waits() -> None:
+    bad = GOOD.replace("version: v1.36.3", "version: v1.30.2").replace("type: controlplane", "type: pilot")
+    with pytest.raises(TimeoutError, match=r"machine\.type"):
+        acquire_config(
+            lambda: ConfigRef(source="u", url="http://c/b"), {"http://c/b": bad.encode()}.__getitem__, Lines(),
+            policy=AcquirePolicy(jitter=0.0), sleep=lambda _s: None, max_attempts=1,
+        )  # fmt: skip

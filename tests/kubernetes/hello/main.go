@@ -1,5 +1,6 @@
 // Command hello is the tests' workload: `hello serve` answers HTTP and logs one line per request;
-// `hello get URL` fetches a URL and prints the body (for `kubectl exec` and in-cluster checks).
+// `hello get URL` fetches a URL and prints the body (for `kubectl exec` and in-cluster checks);
+// `hello cat FILE` prints a file (the pod's routes when a check fails).
 package main
 
 import (
@@ -12,6 +13,15 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 2 && os.Args[1] == "cat" { // for diagnostics: the pod's routes, resolv.conf...
+		data, err := os.ReadFile(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Stdout.Write(data)
+		return
+	}
 	if len(os.Args) > 2 && os.Args[1] == "get" {
 		client := http.Client{Timeout: 20 * time.Second}
 		resp, err := client.Get(os.Args[2])
