@@ -103,8 +103,8 @@ def test_control_plane_runs_with_the_cis_flags(node: kubenode.KubeNode) -> None:
         missing = [f"--{k}={v}" for k, v in wanted.items() if f"--{k}={v}" not in args]
         assert not missing, f"{component} lacks {missing}"
     etcd = f"kube-system/etcd-{kubenode.HOSTNAME}:etcd"
-    args = node.osctl("read", f"/proc/{running[etcd]['pid']}/cmdline").stdout.split("\0")
-    assert "--client-cert-auth=true" in args and "--peer-client-cert-auth=true" in args
+    etcd_args = node.osctl("read", f"/proc/{running[etcd]['pid']}/cmdline").stdout.split("\0")
+    assert "--client-cert-auth=true" in etcd_args and "--peer-client-cert-auth=true" in etcd_args
     kubelet = node.osctl("read", "/var/lib/kubelet/config.yaml")
     assert kubelet.returncode == 0, kubelet.stderr
     config = yaml.safe_load(kubelet.stdout)  # the kubelet's config as kubeadm wrote it (0 values omitted)
@@ -131,13 +131,22 @@ def test_a_deployment_pulled_through_the_mirror_serves(node: kubenode.KubeNode) 
     pods = json.loads(node.kubectl("get", "pods", "-l", "app=hello", "-o", "json").stdout)["items"]
     assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods)
     first = pods[0]["metadata"]["name"]
-    service_ip = node.kubectl("get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}").stdout
-    answer = node.kubectl("exec", first, "--", "/hello", "get", f"http://{service_ip}:8080/", timeout=300)
-    assert answer.stdout.startswith("hello from hello-"), answer.stdout
-    by_name = node.kubectl(
-        "exec", first, "--", "/hello", "get", "http://hello.default.svc.cluster.local:8080/", timeout=300
+    # Services need kube-proxy's rules and names need CoreDNS: both are addons that start with the node
+    node.kubectl(
+        "-n", "kube-system", "rollout", "status", "daemonset/kube-proxy", "--timeout=1200s", timeout=1300
     )
-    assert by_name.stdout.startswith("hello from hello-")  # CoreDNS answers for the Service
+    node.kubectl(
+        "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=1200s", timeout=1300
+    )
+    service_ip = node.kubectl("get", "service", "hello", "-o", "jsonpath={.spec.clusterIP}").stdout
+    for url in (f"http://{service_ip}:8080/", "http://hello.default.svc.cluster.local:8080/"):
+
+        def served(url: str = url) -> bool:
+            got = node.kubectl("exec", first, "--", "/hello", "get", url, timeout=300, check=False)
+            return got.stdout.startswith("hello from hello-")
+
+        # kube-proxy writes a new Service's rules within seconds of seeing it; a slow node takes longer
+        node.wait(f"{url} answering from pod {first}", served, 600, every=10)
     logs = "".join(node.kubectl("logs", p["metadata"]["name"]).stdout for p in pods)
     assert "hello serving on :8080" in logs and "request GET /" in logs
 
