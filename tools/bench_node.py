@@ -3,6 +3,7 @@ boot of a libvirt domain defined by `talos-bake kvm`."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -33,9 +34,8 @@ def report_node(image: BakeResult) -> None:
         api_s = nodevm.wait_api(talosconfig, endpoint)
         stats = nodevm.osctl(talosconfig, endpoint, "stats").stdout
         pids = {
-            ln.split()[0]: ln.split()[2]
-            for ln in nodevm.osctl(talosconfig, endpoint, "services").stdout.splitlines()[1:]
-            if ln.strip()
+            s["id"]: s["pid"]
+            for s in json.loads(nodevm.osctl(talosconfig, endpoint, "services", "-o", "json").stdout)
         }
         osd_status = nodevm.osctl(
             talosconfig, endpoint, "read", f"/proc/{pids.get('osd', 'self')}/status"

@@ -10,6 +10,7 @@ the guest reaches them through QEMU's restricted user network.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,10 +83,12 @@ def test_osctl_talks_to_the_node_over_mutual_tls(node: RunningNode) -> None:
     wait_api(node.talosconfig, node.endpoint)
     version = osctl(node.talosconfig, node.endpoint, "version")
     assert version.returncode == 0 and "node-url" in version.stdout and "v1" in version.stdout
-    services = osctl(node.talosconfig, node.endpoint, "services")
+    services = osctl(node.talosconfig, node.endpoint, "services", "-o", "json")
     assert services.returncode == 0, services.stderr
-    rows = {line.split()[0]: line.split()[1] for line in services.stdout.splitlines()[1:] if line.strip()}
+    rows = {s["id"]: s["state"] for s in json.loads(services.stdout)}
     assert rows == {"containerd": "running", "osd": "running"}
+    table = osctl(node.talosconfig, node.endpoint, "services").stdout.splitlines()
+    assert table[0].split()[:3] == ["NODE", "SERVICE", "STATE"] and len(table) == 3
     logs = osd_call(node, "logs", "containerd", "--tail", "50")
     assert "containerd successfully booted" in logs
     dmesg = osd_call(node, "dmesg")
