@@ -63,7 +63,8 @@ def _copy_out(path: Path, fmt: str, offset: int, length: int, dest: Path) -> Non
         return
     block = 1 << 20 if offset % (1 << 20) == 0 and length % (1 << 20) == 0 else 512
     # qemu-img dd's count includes the skipped blocks (qemu 7.2); a later qemu copying more is cut below
-    argv = [which("qemu-img"), "dd", "-f", "qcow2", "-O", "raw", f"bs={block}", f"skip={offset // block}",
+    # -U: a running domain's disk is locked by its QEMU; reading its header and boot entry is safe
+    argv = [which("qemu-img"), "dd", "-U", "-f", "qcow2", "-O", "raw", f"bs={block}", f"skip={offset // block}",
             f"count={(offset + length) // block}", f"if={path}", f"of={dest}"]  # fmt: skip
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -75,7 +76,7 @@ def _copy_out(path: Path, fmt: str, offset: int, length: int, dest: Path) -> Non
 def qcow2_virtual_size(path: Path) -> int:
     """The disk size a qcow2 file stands for (its header is checked by qemu-img)."""
     proc = subprocess.run(
-        [which("qemu-img"), "info", "--output=json", "-f", "qcow2", str(path)],
+        [which("qemu-img"), "info", "-U", "--output=json", "-f", "qcow2", str(path)],
         capture_output=True,
         text=True,
         check=False,
