@@ -524,6 +524,14 @@ def _aescbc_secret(value: object) -> str:
 # an editor should use for it (pydantic cannot derive one from a plain validator).
 
 
+def _anchored(regex: re.Pattern[str], *, repeated: bool = False) -> str:
+    """The JSON Schema pattern of a validator's expression: the same text, anchored (fullmatch).
+
+    Derived rather than copied, so the editor's schema and the loader can never drift apart.
+    """
+    return f"^(?:{regex.pattern}){'+' if repeated else ''}$"
+
+
 def _schema(pattern: str | None = None, **extra: Any) -> WithJsonSchema:
     schema: dict[str, Any] = {"type": "string", **extra}
     if pattern is not None:
@@ -533,24 +541,22 @@ def _schema(pattern: str | None = None, **extra: Any) -> WithJsonSchema:
 
 _AS_STR = PlainSerializer(str, when_used="json")
 
-Token = Annotated[str, PlainValidator(_token), _schema(r"^[a-z0-9]{6}\.[a-z0-9]{16}$")]
+Token = Annotated[str, PlainValidator(_token), _schema(_anchored(_TOKEN_RE))]
 Hostname = Annotated[str, PlainValidator(_hostname), _schema(maxLength=253)]
 DNSDomain = Annotated[str, PlainValidator(_dns_domain), _schema(maxLength=253)]
 SubjectAltName = Annotated[str, PlainValidator(_san), _schema(description="IP address or DNS name")]
 ClusterName = Annotated[
-    str, PlainValidator(_cluster_name), _schema(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", maxLength=63)
+    str, PlainValidator(_cluster_name), _schema(_anchored(_CLUSTER_NAME_RE), maxLength=63)
 ]
 InterfaceName = Annotated[str, PlainValidator(_ifname), _schema(minLength=1, maxLength=15)]
-KubernetesVersion = Annotated[
-    str, PlainValidator(_k8s_version), _schema(r"^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$")
-]
+KubernetesVersion = Annotated[str, PlainValidator(_k8s_version), _schema(_anchored(_K8S_VERSION_RE))]
 ImageRef = Annotated[
     str, PlainValidator(_image), _schema(description="OCI image reference with tag or digest")
 ]
 KernelArg = Annotated[str, PlainValidator(_kernel_arg), _schema(r"^\S+$")]
-EnvName = Annotated[str, PlainValidator(_env_key), _schema(r"^[A-Za-z_][A-Za-z0-9_]*$")]
-SysctlName = Annotated[str, PlainValidator(_sysctl_key), _schema(r"^[a-z0-9_][a-z0-9_./-]*$")]
-ArgName = Annotated[str, PlainValidator(_arg_name), _schema(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+EnvName = Annotated[str, PlainValidator(_env_key), _schema(_anchored(_ENV_KEY_RE))]
+SysctlName = Annotated[str, PlainValidator(_sysctl_key), _schema(_anchored(_SYSCTL_KEY_RE))]
+ArgName = Annotated[str, PlainValidator(_arg_name), _schema(_anchored(_ARG_NAME_RE))]
 ScalarStr = Annotated[
     str, PlainValidator(_scalar_str), WithJsonSchema({"type": ["string", "integer", "boolean"]})
 ]
@@ -563,7 +569,7 @@ FileMode = Annotated[
         {
             "anyOf": [
                 {"type": "integer", "minimum": 0, "maximum": 0o7777},
-                {"type": "string", "pattern": r"^0o?[0-7]{1,4}$"},
+                {"type": "string", "pattern": _anchored(_OCTAL_RE)},
             ]
         }
     ),
@@ -578,7 +584,7 @@ Duration = Annotated[
     datetime.timedelta,
     PlainValidator(_duration),
     PlainSerializer(format_duration, when_used="json"),
-    _schema(r"^(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+$"),
+    _schema(_anchored(_DURATION_PART_RE, repeated=True)),
 ]
 CertificatePEM = Annotated[
     str,

@@ -72,3 +72,35 @@ def test_schema_rejects_what_the_loader_rejects(
         node = node[step]
     node[path[-1]] = value
     assert not validator.is_valid(controlplane)
+
+
+def _patterns(node: Any) -> list[str]:
+    """Every ``pattern`` in a schema tree."""
+    if isinstance(node, dict):
+        found = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return found + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for item in node for p in _patterns(item)]
+    return []
+
+
+@pytest.mark.parametrize(
+    ("module_attr", "samples"),
+    [
+        ("_K8S_VERSION_RE", ["v1.36.3", "v01.2.3", "v1.2", "v1.2.3-rc.1", "1.2.3", "v1.2.3-"]),
+        ("_TOKEN_RE", ["abcdef.0123456789abcdef", "ABCDEF.0123456789abcdef", "abcdef0123456789abcdef"]),
+        ("_CLUSTER_NAME_RE", ["prod", "-prod", "prod-", "pr-od", "Prod"]),
+        ("_OCTAL_RE", ["0644", "0o600", "644", "0o8"]),
+    ],
+)
+def test_schema_patterns_are_the_validators_expressions(module_attr: str, samples: list[str]) -> None:
+    """The schema's pattern for a field accepts exactly what the loader's expression accepts."""
+    import re
+
+    from talos_os.config import types
+
+    regex: re.Pattern[str] = getattr(types, module_attr)
+    anchored = f"^(?:{regex.pattern})$"
+    assert anchored in _patterns(json_schema())
+    for sample in samples:
+        assert (re.search(anchored, sample) is not None) == (regex.fullmatch(sample) is not None), sample
