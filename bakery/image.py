@@ -20,6 +20,7 @@ from typing import Any
 
 from bakery import layout, steps
 from bakery.atomic import atomic_path, write_atomic
+from bakery.bake_options import manifest_options
 from bakery.errors import BakeError
 from bakery.fetch import Fetcher
 from bakery.lock import Lock
@@ -187,6 +188,7 @@ def _manifest(
             "release": kernel["release"],
         },
         "cmdline": kernel_cmdline(opts),
+        "options": manifest_options(opts),
         "source_date_epoch": opts.epoch,
         "squashfs_bytes": squashfs["bytes"],
         "initramfs_bytes": initrd["compressed"],

@@ -24,10 +24,12 @@ import yaml
 from bakery import cidata as cidata_iso
 from bakery import install as installer
 from bakery import iso as live_iso
+from bakery.bake_options import BAKE_ONLY, bake_options, parse_size
+from bakery.bake_run import run_bake
 from bakery.errors import BakeError
 from bakery.image import BakeOptions, BakeResult
 from bakery.progress import Progress
-from platforms.image_source import BAKE_ONLY, checked_image, force_platform_option, refuse_bake_options
+from platforms.image_source import checked_image, force_platform_option, refuse_bake_options
 from talos_os import output as out_fmt
 
 PLATFORM = "bare-metal"
@@ -114,8 +116,6 @@ def _bytes_progress(progress: Progress, what: str) -> Callable[[int, int], None]
 
 def run_install(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything ``install`` does after click parsed the options: the disk's checks come first."""
-    from bakery.cli import parse_size
-
     image = checked_raw(ctx, kw, (*BAKE_ONLY, "out"))
     size = image.stat().st_size if image is not None else parse_size(kw["disk_size"])
     preflight_disk(kw["disk"], image, size, kw["force"])
@@ -294,10 +294,7 @@ CIDATA_EXAMPLE = "Example: talos-bake cidata --user-data worker.yaml --hostname 
 
 
 def commands() -> list[click.Command]:
-    """``install``, ``iso`` and ``cidata``; built when bakery.cli registers them (bakery.cli imports this
-    module, so its ``bake_options`` are imported here, not at import time)."""
-    from bakery.cli import bake_options, run_bake
-
+    """``install``, ``iso`` and ``cidata``: bare metal's publishing commands."""
     image_option = click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                                 default=None, help="Publish this baked raw image instead of baking one.")  # fmt: skip
 
@@ -360,3 +357,9 @@ def commands() -> list[click.Command]:
             if param.name == "platform":
                 param.default = PLATFORM
     return [install, iso, cidata]
+
+
+def register(group: click.Group) -> None:
+    """Bare metal's host half: ``install``, ``iso`` and ``cidata``."""
+    for command in commands():
+        group.add_command(command)

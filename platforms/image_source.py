@@ -16,19 +16,10 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from bakery.bake_options import BAKE_ONLY
 from bakery.errors import BakeError
 from bakery.image import BakeResult
 from platforms.image_facts import ImageFacts, image_format, read_facts
-
-BAKE_ONLY = (
-    "platform",
-    "config_url",
-    "extra_kernel_args",
-    "disk_size",
-    "kernel_flavour",
-    "locked",
-    "update_lock",
-)
 
 
 def force_platform_option() -> Callable[[Callable[..., Any]], Callable[..., Any]]:

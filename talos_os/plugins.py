@@ -1,28 +1,54 @@
-"""Platform plugins: discovered through the ``talos_os.platforms`` entry-point group.
+"""Platform plugins: the one seam between the OS and the places it runs.
 
-Each plugin (``platforms/aws``, ``kvm``, ``xen``, ``bare_metal``) exposes one ``PlatformPlugin``.
-The guest half (how a node finds its config) and the host half (how an image is published)
-are attached by later work; the name is what the bakery writes as ``talos.platform=NAME``.
+A platform is one package under ``platforms/`` with a ``PLUGIN`` registered in the
+``talos_os.platforms`` entry-point group; platform names exist nowhere else. A plugin has two halves:
+
+- the **guest** half runs on the node: it recognises its platform (``detect``), then finds the
+  machine config and the hostname there (the :class:`~talos_os.init.guest.Guest` protocol);
+- the **host** half runs on the operator's machine: the module named by ``host`` adds the platform's
+  ``talos-bake`` commands (publishing) with ``register(group)``, as osctl's command groups do. It is
+  imported only on the host, so the node never loads click or the bakery.
+
 The kernel modules each platform needs are recipe data: ``bakery/recipes/kernel.yaml``.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, cast
+
+if TYPE_CHECKING:
+    import click
+
+    from talos_os.init.guest import Guest
 
 ENTRY_POINT_GROUP = "talos_os.platforms"
 
 
+class HostHalf(Protocol):
+    """A platform's host half: a module that adds its commands to ``talos-bake``."""
+
+    def register(self, group: click.Group) -> None: ...
+
+
 @dataclass(frozen=True)
 class PlatformPlugin:
-    """One platform: its command-line name, a one-line description and its halves."""
+    """One platform: its command-line name, a one-line description and its two halves."""
 
     name: str
     description: str
-    guest: Any = None
-    host: Any = None
+    guest: Guest
+    host: str | None = None  # module path of the host half, imported on the host only
+    aliases: tuple[str, ...] = ()  # other spellings accepted in talos.platform=
+    detect_order: int = 50  # lower is asked first; the fallback platform asks last
+
+    def load_host(self) -> HostHalf | None:
+        """The host half's module, or None for a platform with nothing to publish."""
+        if self.host is None:
+            return None
+        return cast("HostHalf", importlib.import_module(self.host))
 
 
 class UnknownPlatformError(LookupError):
@@ -38,6 +64,11 @@ def discover() -> dict[str, PlatformPlugin]:
             raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a PlatformPlugin")
         found[plugin.name] = plugin
     return dict(sorted(found.items()))
+
+
+def names() -> list[str]:
+    """The installed platforms' names, sorted: what ``--platform`` accepts."""
+    return list(discover())
 
 
 def get(name: str) -> PlatformPlugin:

@@ -7,4 +7,7 @@ PLUGIN = PlatformPlugin(
     name="aws",
     description="Amazon EC2 (config from IMDSv2 user data; published as an AMI)",
     guest=AwsGuest(),
+    aliases=("ec2",),
+    detect_order=10,
+    host="platforms.aws.cli",
 )

@@ -1,8 +1,7 @@
 """``talos-bake aws --ami``: bake (same options as ``talos-bake raw``) or take ``--image``, then publish.
 
-``bakery/cli.py`` registers ``command()``. It is a factory because it needs ``bake_options`` and
-``run_bake`` from bakery.cli, which imports this module: building the command when bakery.cli
-asks for it, not at import, keeps either import order working. stdout gets the AMI id or the
+AWS's host half: ``register`` adds the command to ``talos-bake`` (the plugin names this module).
+stdout gets the AMI id or the
 dry-run plan, or with ``-o json|yaml`` one document of either; progress goes to stderr.
 """
 
@@ -14,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from bakery.bake_options import bake_options, parse_size
+from bakery.bake_run import run_bake
 from bakery.errors import BakeError
 from bakery.progress import Progress
 from platforms.image_source import (
@@ -60,7 +61,6 @@ def preflight(ctx: click.Context, kw: dict[str, Any], request: AmiRequest) -> No
 
 def command() -> click.Command:
     """The ``aws`` click command (boto3 is imported when it runs, not when talos-bake starts)."""
-    from bakery.cli import bake_options, parse_size, run_bake
 
     @click.command(PLATFORM, epilog=EXAMPLES)
     @click.option("--ami", is_flag=True, help="Publish the image as an EC2 AMI (required: the AWS target).")
@@ -137,3 +137,8 @@ def command() -> click.Command:
         out_fmt.echo(kw["output"], result_record(request, result), result.image_id)
 
     return drop_platform_option(aws, PLATFORM)
+
+
+def register(group: click.Group) -> None:
+    """This platform's host half: its ``talos-bake`` command."""
+    group.add_command(command())

@@ -6,9 +6,14 @@ hand the guest a loopback server through QEMU's user network and keep the defaul
 
 from __future__ import annotations
 
+import re
+
 from platforms.aws.imds import DEFAULT_ENDPOINT, ImdsClient, fetch_aws_config
 from talos_os.init.fetch import ConfigRef
-from talos_os.init.guest import GuestContext
+from talos_os.init.guest import GuestContext, Probe
+
+# EC2 product UUIDs start with "ec2"; some firmware shows the first field little-endian ("xxxx2?ec").
+_EC2_UUID = re.compile(r"^(ec2|[0-9a-f]{4}2[0-9a-f]ec)", re.IGNORECASE)
 
 
 class AwsGuest:
@@ -26,6 +31,18 @@ class AwsGuest:
 
             self._client = ImdsClient(endpoint, on_retry=on_retry)
         return self._client
+
+    def detect(self, probe: Probe) -> str | None:
+        """EC2: the DMI vendor, an EC2 product UUID (some firmware shows its first field little-endian)
+        or, on older Xen-based instances, the hypervisor UUID."""
+        uuid, hv_uuid = probe.dmi("product_uuid"), probe.read("sys/hypervisor/uuid")
+        if probe.dmi("sys_vendor") == "Amazon EC2":
+            return "DMI sys_vendor is 'Amazon EC2'"
+        if uuid and _EC2_UUID.match(uuid):
+            return f"DMI product_uuid {uuid} looks like an EC2 instance"
+        if hv_uuid.lower().startswith("ec2"):
+            return f"/sys/hypervisor/uuid {hv_uuid} looks like an EC2 instance"
+        return None
 
     def find_config(self, ctx: GuestContext) -> ConfigRef | None:
         client = self.client(ctx)

@@ -7,4 +7,7 @@ PLUGIN = PlatformPlugin(
     name="bare-metal",
     description="Bare metal (config from talos.config=URL or cidata; installed to disk or ISO)",
     guest=BareMetalGuest(),
+    aliases=("bare_metal", "metal", "baremetal"),
+    detect_order=100,
+    host="bakery.publish_metal",
 )

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from platforms.bare_metal.sources import discover_config
 from talos_os.init.fetch import ConfigRef
-from talos_os.init.guest import GuestContext
+from talos_os.init.guest import GuestContext, Probe
 
 
 class BareMetalGuest:
     """Config sources of a physical machine (PXE/iPXE command line, or a config volume)."""
+
+    def detect(self, probe: Probe) -> str | None:
+        """The fallback: asked last, so any machine no hypervisor claimed is bare metal."""
+        return "no hypervisor found"
 
     def find_config(self, ctx: GuestContext) -> ConfigRef | None:
         return discover_config(

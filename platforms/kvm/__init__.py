@@ -7,4 +7,7 @@ PLUGIN = PlatformPlugin(
     name="kvm",
     description="KVM/QEMU (config from talos.config=, fw_cfg or cidata; published as qcow2 + libvirt)",
     guest=KvmGuest(),
+    aliases=("qemu",),
+    detect_order=30,
+    host="platforms.kvm.cli",
 )

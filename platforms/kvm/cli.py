@@ -3,8 +3,7 @@
 Every input is checked first (``preflight``: the network, the --image, the config, the libvirt URI
 and what it must hold), so a mistake costs no bake and no conversion and leaves nothing in --out.
 
-``command()`` builds the click command when bakery.cli registers it: this module imports
-bakery.cli's ``bake_options`` then, not at import time, because bakery.cli imports this module.
+KVM's host half: ``register`` adds the command to ``talos-bake`` (the plugin names this module).
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from urllib.parse import urlsplit
 import click
 
 from bakery.atomic import write_atomic
+from bakery.bake_options import bake_options
+from bakery.bake_run import run_bake
 from bakery.errors import BakeError
 from bakery.image import BakeResult, to_qcow2
 from bakery.progress import Progress
@@ -187,7 +188,6 @@ Examples:
 
 def command() -> click.Command:
     """The ``kvm`` command, with the bake options of ``talos-bake raw`` (it always bakes for kvm)."""
-    from bakery.cli import bake_options, run_bake
 
     @click.command(PLATFORM, epilog=EXAMPLES)
     @bake_options
@@ -256,3 +256,8 @@ def command() -> click.Command:
             raise click.ClickException(str(exc)) from None
 
     return drop_platform_option(kvm, PLATFORM)
+
+
+def register(group: click.Group) -> None:
+    """This platform's host half: its ``talos-bake`` command."""
+    group.add_command(command())

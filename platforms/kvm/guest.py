@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from platforms.kvm.sources import FW_CFG_CONFIG, discover_config
 from talos_os.init.fetch import ConfigRef
-from talos_os.init.guest import GuestContext
+from talos_os.init.guest import GuestContext, Probe
 
 
 class KvmGuest:
     """Config sources of a QEMU/KVM guest, in priority order."""
+
+    def detect(self, probe: Probe) -> str | None:
+        vendor, product = probe.dmi("sys_vendor"), probe.dmi("product_name")
+        if probe.is_dir("sys/firmware/qemu_fw_cfg"):
+            return "/sys/firmware/qemu_fw_cfg exists"
+        if vendor == "QEMU" or product.startswith(("KVM", "Standard PC")):
+            return f"DMI says QEMU/KVM (sys_vendor {vendor!r}, product_name {product!r})"
+        return None
 
     def find_config(self, ctx: GuestContext) -> ConfigRef | None:
         return discover_config(

@@ -7,4 +7,6 @@ PLUGIN = PlatformPlugin(
     name="xen",
     description="Xen (config from xenstore vm-data; HVM or PV through pygrub)",
     guest=XenGuest(),
+    detect_order=20,
+    host="platforms.xen.cli",
 )

@@ -4,8 +4,7 @@ The configs point at ``--out/NAME.raw``, a sparse copy of the image: the guest w
 (EPHEMERAL is formatted on first boot), and that must not change the baked image, as with kvm's
 qcow2. Every input is checked before the bake or the copy.
 
-``command()`` builds the click command when bakery.cli registers it: this module imports
-bakery.cli's ``bake_options`` then, not at import time, because bakery.cli imports this module.
+Xen's host half: ``register`` adds the command to ``talos-bake`` (the plugin names this module).
 """
 
 from __future__ import annotations
@@ -17,6 +16,8 @@ from typing import Any
 import click
 
 from bakery.atomic import atomic_path, write_atomic
+from bakery.bake_options import bake_options
+from bakery.bake_run import run_bake
 from bakery.errors import BakeError
 from bakery.image import BakeResult
 from bakery.progress import Progress
@@ -99,7 +100,6 @@ Examples:
 
 def command() -> click.Command:
     """The ``xen`` command, with the bake options of ``talos-bake raw`` (it always bakes for xen)."""
-    from bakery.cli import bake_options, run_bake
 
     @click.command(PLATFORM, epilog=EXAMPLES)
     @bake_options
@@ -144,3 +144,8 @@ def command() -> click.Command:
             raise click.ClickException(str(exc)) from None
 
     return drop_platform_option(xen, PLATFORM)
+
+
+def register(group: click.Group) -> None:
+    """This platform's host half: its ``talos-bake`` command."""
+    group.add_command(command())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from platforms.xen.xenstore import DEVICE_PATHS, XenstoreClient, XenstoreError, fetch_xen_config
 from talos_os.init.fetch import ConfigRef
-from talos_os.init.guest import GuestContext
+from talos_os.init.guest import GuestContext, Probe
 
 
 class XenGuest:
@@ -12,6 +12,16 @@ class XenGuest:
 
     def __init__(self, device_paths: tuple[str, ...] = DEVICE_PATHS) -> None:
         self.device_paths = device_paths
+
+    def detect(self, probe: Probe) -> str | None:
+        vendor, product = probe.dmi("sys_vendor"), probe.dmi("product_name")
+        if probe.read("sys/hypervisor/type").lower() == "xen":
+            return "/sys/hypervisor/type is 'xen'"
+        if probe.is_dir("proc/xen"):
+            return "/proc/xen exists"
+        if vendor.lower() == "xen" or product == "HVM domU":
+            return f"DMI says Xen (sys_vendor {vendor!r}, product_name {product!r})"
+        return None
 
     def find_config(self, ctx: GuestContext) -> ConfigRef | None:
         try:

@@ -41,8 +41,37 @@ class GuestContext:
         return read_smbios_serial(self.root)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What a guest half reads to recognise its platform: small sysfs/procfs values under ``root``.
+
+    Each platform detects itself (as cloud-init's datasources do); the init asks them in the
+    plugins' ``detect_order`` and only when ``talos.platform=`` is absent.
+    """
+
+    root: Path = Path("/")
+
+    def read(self, rel: str) -> str:
+        """A small value, stripped; "" if absent or unreadable (product_uuid is root-only)."""
+        try:
+            return (self.root / rel).read_text(encoding="utf-8", errors="replace").strip()
+        except OSError:
+            return ""
+
+    def dmi(self, name: str) -> str:
+        """``/sys/class/dmi/id/NAME``: the firmware's vendor, product and uuid strings."""
+        return self.read(f"sys/class/dmi/id/{name}")
+
+    def is_dir(self, rel: str) -> bool:
+        return (self.root / rel).is_dir()
+
+
 class Guest(Protocol):
     """A platform's guest half."""
+
+    def detect(self, probe: Probe) -> str | None:
+        """Why this machine is on this platform (a reason for the boot log), or None if it is not."""
+        ...
 
     def find_config(self, ctx: GuestContext) -> ConfigRef | None:
         """The config (bytes or a URL), or None when the platform offers none yet; may raise on I/O."""

@@ -33,7 +33,7 @@ from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.cmdline import Cmdline, read
 from talos_os.init.console import Console
 from talos_os.init.control import DEFAULT_SOCKET, ControlServer, supervisor_handlers
-from talos_os.init.detect import detect_with_reason
+from talos_os.init.detect import NoPlatformError, detect_with_reason
 from talos_os.init.fetch import Progress, fetch_url
 from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
@@ -140,7 +140,10 @@ def phase_root(boot: Boot) -> None:
 
 def phase_platform(boot: Boot) -> None:
     """Which platform this node runs on: ``talos.platform=`` (the bakery writes it), else detection."""
-    found = detect_with_reason(Path("/"), boot.cmdline)
+    try:
+        found = detect_with_reason(Path("/"), boot.cmdline)
+    except NoPlatformError as exc:
+        raise BootError(str(exc)) from None
     try:
         plugin = get(found.name)
     except UnknownPlatformError as exc:

@@ -77,3 +77,21 @@ def test_unreadable_files_are_ignored(tmp_path: Path) -> None:
     # product_uuid is root-only on a real system; a directory in its place stands in for "unreadable".
     root = make_tree(tmp_path, {"proc/cmdline": ""}, (f"{DMI}/product_uuid",))
     assert detect.detect(root) == "bare-metal"
+
+
+def test_platforms_are_asked_in_their_order_and_none_left_is_an_error(tmp_path: Path) -> None:
+    """Detection is the plugins' own: without the fallback plugin, an unclaimed machine is refused."""
+    from talos_os.plugins import discover
+
+    plugins = discover()
+    assert [p.name for p in sorted(plugins.values(), key=lambda p: p.detect_order)] == [
+        "aws",
+        "xen",
+        "kvm",
+        "bare-metal",
+    ]
+    without_fallback = {name: p for name, p in plugins.items() if name != "bare-metal"}
+    root = make_tree(tmp_path, {"proc/cmdline": "quiet"})
+    with pytest.raises(detect.NoPlatformError, match=r"boot with talos.platform=NAME"):
+        detect.detect_with_reason(root, plugins=without_fallback)
+    assert detect.normalize("ec2", without_fallback) == "aws"

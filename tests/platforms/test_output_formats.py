@@ -21,6 +21,7 @@ import yaml
 from click.testing import CliRunner, Result
 from fakeimage import make_image
 
+import bakery.bake_run
 import bakery.cli
 from bakery import iso as live_iso
 from bakery.cli import cli
@@ -108,7 +109,7 @@ def fake_bake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict[str,
         result = BakeResult(raw, files["m.json"], files["vmlinuz"], files["initramfs.zst"], data, converted)
         return result, []
 
-    monkeypatch.setattr(bakery.cli, "guarded", guarded)
+    monkeypatch.setattr(bakery.bake_run, "guarded", guarded)
     return calls
 
 
