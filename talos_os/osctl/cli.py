@@ -13,7 +13,7 @@ import click
 from click.shell_completion import get_completion_class
 
 from talos_os import __version__
-from talos_os.osctl import config_cmds, flags
+from talos_os.osctl import cluster_cmds, config_cmds, flags
 
 STUBS_MISSING = (
     "the node API stubs (talos_os.api.gen) are missing from this installation, so only `osctl config` "
@@ -64,7 +64,7 @@ def _build() -> None:
     config_cmds.register(cli)
     cli.add_command(completion_cmd)
     try:
-        from talos_os.osctl import node_cmds
+        from talos_os.osctl import node_cmds, upgrade_cmds
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("talos_os.api.gen"):
             raise
@@ -72,6 +72,8 @@ def _build() -> None:
         cli.help = f"{inspect.cleandoc(cli.help or '')}\n\nNote: {STUBS_MISSING}."
     else:
         node_cmds.register(cli)
+        upgrade_cmds.register(cli)
+    cluster_cmds.register(cli)
     flags.attach(cli)
 
 
