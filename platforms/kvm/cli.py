@@ -38,6 +38,46 @@ from talos_os import output as out_fmt
 PLATFORM = "kvm"
 
 
+@dataclass(frozen=True)
+class KvmRequest:
+    """What ``talos-bake kvm`` was asked for, typed once from click's options (the bake options and
+    --image stay with the shared bake-or-take path)."""
+
+    name: str
+    memory_mib: int
+    vcpus: int
+    firmware: str
+    network: Network
+    serial_log: Path | None
+    virt_type: str  # auto, kvm or qemu
+    config: Path | None
+    define: bool
+    start: bool
+    force: bool
+    uri: str
+    out: Path
+    output: str
+
+    @classmethod
+    def from_options(cls, kw: dict[str, Any]) -> KvmRequest:
+        return cls(
+            name=kw["name"],
+            memory_mib=kw["memory"],
+            vcpus=kw["vcpus"],
+            firmware=kw["firmware"],
+            network=Network.parse(kw["network"]),
+            serial_log=kw["serial_log"],
+            virt_type=kw["virt_type"],
+            config=kw["config"],
+            define=kw["define"],
+            start=kw["start"],
+            force=kw["force"],
+            uri=kw["uri"],
+            out=kw["out"],
+            output=kw["output"],
+        )
+
+
 @dataclass
 class Checked:
     """What preflight established, for the steps after the bake."""
@@ -56,32 +96,30 @@ def _libvirt_network_exists(conn: Any, name: str) -> bool:
     return True
 
 
-def preflight(ctx: click.Context, kw: dict[str, Any], progress: Progress) -> Checked:
+def preflight(ctx: click.Context, kw: dict[str, Any], req: KvmRequest, progress: Progress) -> Checked:
     """Check every input before any bake, conversion or write."""
-    network = Network.parse(kw["network"])
-    out: Path = kw["out"]
-    if out.exists() and not out.is_dir():
-        raise BakeError(f"--out {out} is a file: name a directory")
-    if kw["serial_log"] is not None and not kw["serial_log"].resolve().parent.is_dir():
-        raise BakeError(f"--serial-log {kw['serial_log']}: its directory does not exist; create it first")
+    if req.out.exists() and not req.out.is_dir():
+        raise BakeError(f"--out {req.out} is a file: name a directory")
+    if req.serial_log is not None and not req.serial_log.resolve().parent.is_dir():
+        raise BakeError(f"--serial-log {req.serial_log}: its directory does not exist; create it first")
     preflight_image(ctx, kw, PLATFORM)
     config = None
-    if kw["config"] is not None:
+    if req.config is not None:
         from bakery.publish_metal import checked_user_data
 
-        config = checked_user_data(kw["config"], validate=True)
-    virt_type = kw["virt_type"]
+        config = checked_user_data(req.config, validate=True)
+    virt_type = req.virt_type
     if virt_type == "auto":
         virt_type = "kvm" if kvm_usable() else "qemu"
-    checked = Checked(network, virt_type, config)
-    if kw["define"]:
-        checked.conn = publish.connect(kw["uri"])
+    checked = Checked(req.network, virt_type, config)
+    if req.define:
+        checked.conn = publish.connect(req.uri)
         try:
-            _check_libvirt(checked.conn, kw, network)
+            _check_libvirt(checked.conn, req)
         except BaseException:
             checked.conn.close()
             raise
-    if kw["virt_type"] == "auto":  # the XML carries this machine's answer: say so
+    if req.virt_type == "auto":  # the XML carries this machine's answer: say so
         progress.say(
             f"--virt-type auto: this machine {'has a usable' if virt_type == 'kvm' else 'has no usable'} "
             f"KVM, so the domain type is {virt_type}; pass --virt-type for the machine that will run it"
@@ -89,17 +127,17 @@ def preflight(ctx: click.Context, kw: dict[str, Any], progress: Progress) -> Che
     return checked
 
 
-def _check_libvirt(conn: Any, kw: dict[str, Any], network: Network) -> None:
+def _check_libvirt(conn: Any, req: KvmRequest) -> None:
     """What --define needs from libvirt: no domain of that name (unless --force), the network."""
-    uri = kw["uri"]
+    uri, network = req.uri, req.network
     try:
-        conn.lookupByName(kw["name"])
+        conn.lookupByName(req.name)
         exists = True
     except Exception:  # libvirt.libvirtError: no such domain
         exists = False
-    if exists and not kw["force"]:
+    if exists and not req.force:
         raise BakeError(
-            f"a domain named {kw['name']!r} already exists on {uri}: pass --force to replace it "
+            f"a domain named {req.name!r} already exists on {uri}: pass --force to replace it "
             "or choose another --name"
         )
     if network.kind == "network" and not _libvirt_network_exists(conn, network.source or ""):
@@ -125,10 +163,11 @@ def _closing(conn: Any) -> Iterator[None]:
 
 def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything the command does after click parsed the options."""
+    req = KvmRequest.from_options(kw)
     progress = Progress()
-    checked = preflight(ctx, kw, progress)
+    checked = preflight(ctx, kw, req, progress)
     with _closing(checked.conn):
-        out: Path = kw["out"].resolve()
+        out = req.out.resolve()
         image = image_or_bake(ctx, kw, PLATFORM, bake)
         if is_qcow2(image):
             disk = image
@@ -139,26 +178,24 @@ def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
         if checked.config is not None:
             from bakery.publish_metal import write_cidata
 
-            cidata = write_cidata(checked.config, None, None, out / f"{kw['name']}-cidata.iso")
+            cidata = write_cidata(checked.config, None, None, out / f"{req.name}-cidata.iso")
         spec = DomainSpec(
-            name=kw["name"],
+            name=req.name,
             disk=disk,
-            memory_mib=kw["memory"],
-            vcpus=kw["vcpus"],
-            firmware=kw["firmware"],
+            memory_mib=req.memory_mib,
+            vcpus=req.vcpus,
+            firmware=req.firmware,
             network=checked.network,
-            serial_log=kw["serial_log"].resolve() if kw["serial_log"] else None,
+            serial_log=req.serial_log.resolve() if req.serial_log else None,
             domain_type=checked.virt_type,
             cidata=cidata,
         )
         xml_path = out / f"{spec.name}.xml"
         write_atomic(xml_path, publish.domain_xml(spec).encode())
         if checked.conn is not None:
-            publish.define(checked.conn, spec, start=kw["start"], force=kw["force"])
-            progress.say(
-                f"domain {spec.name} defined on {kw['uri']}" + (" and started" if kw["start"] else "")
-            )
-    line = publish.virt_install_line(spec, kw["uri"])
+            publish.define(checked.conn, spec, start=req.start, force=req.force)
+            progress.say(f"domain {spec.name} defined on {req.uri}" + (" and started" if req.start else ""))
+    line = publish.virt_install_line(spec, req.uri)
     record = {
         "name": spec.name,
         "disk": disk,
@@ -170,12 +207,12 @@ def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
         "vcpus": spec.vcpus,
         "firmware": spec.firmware,
         "network": str(spec.network),
-        "uri": kw["uri"],
+        "uri": req.uri,
         "defined": checked.conn is not None,
-        "started": checked.conn is not None and bool(kw["start"]),
+        "started": checked.conn is not None and bool(req.start),
     }
     text = [str(disk), *([str(cidata)] if cidata is not None else []), str(xml_path), line]
-    out_fmt.echo(kw["output"], record, text)
+    out_fmt.echo(req.output, record, text)
 
 
 EXAMPLES = """\b

@@ -10,6 +10,7 @@ Xen's host half: ``register`` adds the command to ``talos-bake`` (the plugin nam
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,37 @@ from talos_os import output as out_fmt
 PLATFORM = "xen"
 
 
-def preflight(ctx: click.Context, kw: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class XenRequest:
+    """What ``talos-bake xen`` was asked for, typed once from click's options (the bake options and
+    --image stay with the shared bake-or-take path)."""
+
+    name: str
+    memory_mib: int
+    vcpus: int
+    bridge: str
+    firmware: str
+    vm_data_url: str | None
+    out: Path
+    output: str
+
+    @classmethod
+    def from_options(cls, kw: dict[str, Any]) -> XenRequest:
+        return cls(
+            name=kw["name"],
+            memory_mib=kw["memory"],
+            vcpus=kw["vcpus"],
+            bridge=kw["bridge"],
+            firmware=kw["firmware"],
+            vm_data_url=kw["vm_data_url"],
+            out=kw["out"],
+            output=kw["output"],
+        )
+
+
+def preflight(ctx: click.Context, kw: dict[str, Any], req: XenRequest) -> None:
     """Check every input before any bake or copy."""
-    out: Path = kw["out"]
+    out = req.out
     if out.exists() and not out.is_dir():
         raise BakeError(f"--out {out} is a file: name a directory")
     if "," in str(out.resolve()):
@@ -55,25 +84,26 @@ def domain_disk(image: Path, dest: Path, progress: Progress) -> Path:
 
 def publish_xen(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything the command does after click parsed the options."""
-    preflight(ctx, kw)
+    req = XenRequest.from_options(kw)
+    preflight(ctx, kw, req)
     progress = Progress()
-    out: Path = kw["out"].resolve()
+    out = req.out.resolve()
     image = image_or_bake(ctx, kw, PLATFORM, bake)
-    disk = domain_disk(image, out / f"{kw['name']}.raw", progress)
+    disk = domain_disk(image, out / f"{req.name}.raw", progress)
     domain = XenDomain(
-        name=kw["name"],
+        name=req.name,
         disk=disk,
-        memory_mib=kw["memory"],
-        vcpus=kw["vcpus"],
-        bridge=kw["bridge"],
-        firmware=kw["firmware"],
+        memory_mib=req.memory_mib,
+        vcpus=req.vcpus,
+        bridge=req.bridge,
+        firmware=req.firmware,
     )
     hvm = out / f"{domain.name}-hvm.cfg"
     pv = out / f"{domain.name}-pv.cfg"
     howto = out / f"{domain.name}-vm-data.txt"
     write_atomic(hvm, publish.hvm_config(domain).encode())
     write_atomic(pv, publish.pv_config(domain).encode())
-    text = publish.vm_data_howto(domain.name, str(pv), kw["vm_data_url"])
+    text = publish.vm_data_howto(domain.name, str(pv), req.vm_data_url)
     write_atomic(howto, text.encode())
     record = {
         "name": domain.name,
@@ -87,7 +117,7 @@ def publish_xen(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
         "bridge": domain.bridge,
         "firmware": domain.firmware,
     }
-    out_fmt.echo(kw["output"], record, [str(path) for path in (disk, hvm, pv, howto)])
+    out_fmt.echo(req.output, record, [str(path) for path in (disk, hvm, pv, howto)])
     click.echo(text, err=True, nl=False)
 
 
