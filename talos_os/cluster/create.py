@@ -51,6 +51,7 @@ class CreateOptions:
     controlplanes: int = 1
     workers: int = 1
     cpus: int = 2
+    worker_cpus: int | None = None
     memory_mb: int = 4096
     worker_memory_mb: int = 2048
     disk_mb: int = 8192
@@ -59,6 +60,8 @@ class CreateOptions:
     config_dir: Path | None = None
     talosconfig: Path = field(default_factory=lambda: talosconfig.resolve_path())
     bake_args: list[str] = field(default_factory=list)
+    host_forwards: dict[int, int] = field(default_factory=dict)  # gateway port -> host 127.0.0.1 port
+    registry_mirrors: dict[str, list[str]] = field(default_factory=dict)
 
 
 def preflight(opts: CreateOptions, *, available_mb: int | None = None, euid: int | None = None) -> list[Node]:
@@ -86,6 +89,7 @@ def preflight(opts: CreateOptions, *, available_mb: int | None = None, euid: int
         workers=opts.workers,
         cidr=opts.cidr,
         cpus=opts.cpus,
+        worker_cpus=opts.worker_cpus,
         memory_mb=opts.memory_mb,
         worker_memory_mb=opts.worker_memory_mb,
         disk_mb=opts.disk_mb,
@@ -129,11 +133,13 @@ def cluster_configs(opts: CreateOptions, nodes: list[Node]) -> dict[str, str]:
     return generate(opts.name, f"https://{init.address}:{API_PORT}", additional_sans=sans).files()
 
 
-def node_config(configs: dict[str, str], node: Node) -> str:
-    """The role's config with the node's host name."""
+def node_config(configs: dict[str, str], node: Node, mirrors: dict[str, list[str]] | None = None) -> str:
+    """The role's config with the node's host name (and the registry mirrors asked for)."""
     doc = yaml.safe_load(configs[f"{node.role}.yaml"])
-    doc["machine"].setdefault("network", {})
-    doc["machine"]["network"] = {**(doc["machine"]["network"] or {}), "hostname": node.name}
+    doc["machine"]["network"] = {**(doc["machine"].get("network") or {}), "hostname": node.name}
+    if mirrors:
+        kubernetes = doc["cluster"].setdefault("kubernetes", {})
+        kubernetes["registryMirrors"] = {**(kubernetes.get("registryMirrors") or {}), **mirrors}
     return yaml.safe_dump(doc, sort_keys=False, width=1 << 20)
 
 
@@ -170,13 +176,16 @@ def build(opts: CreateOptions, nodes: list[Node], image: vm.Image, say: Say) -> 
         pki.write_secret(state.file(f"configs/{fname}"), text.encode())
     for node in nodes:
         state.node_dir(node).mkdir(mode=0o700, parents=True)
-        pki.write_secret(state.node_dir(node) / "config.yaml", node_config(configs, node).encode())
+        pki.write_secret(
+            state.node_dir(node) / "config.yaml", node_config(configs, node, opts.registry_mirrors).encode()
+        )
     say(
         f"network: namespace {state.netns}, bridge {state.gateway}/{state.prefixlen}, {len(nodes)} taps, DHCP"
     )
     netns.create(state)
     netns.start_dnsmasq(state)
-    _pid, state.forwards = forward.start(state.netns, forward_targets(nodes), directory)
+    state.host_forwards = {f"{state.gateway}:{g}": h for g, h in opts.host_forwards.items()}
+    _pid, state.forwards = forward.start(state.netns, forward_targets(nodes), directory, state.host_forwards)
     state.save()
     for node in nodes:
         vm.create_disk(state, node, image)

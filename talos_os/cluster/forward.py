@@ -5,7 +5,12 @@ namespace with setns(): a socket keeps the namespace it was made in, so the list
 host's loopback while every outgoing connection is made inside the cluster network. The host never
 gets a route to the nodes.
 
-Run as ``python -m talos_os.cluster.forward NETNS PORTS_FILE KEY=HOST:PORT...``; it writes
+Host forwards go the other way (``reverse:ADDR:PORT=HOSTPORT``): a listener inside the namespace
+(on the bridge's address) whose connections are made from the host's namespace to
+``127.0.0.1:HOSTPORT``, so nodes can pull from a registry on the host's loopback and reach nothing
+else of the host.
+
+Run as ``python -m talos_os.cluster.forward NETNS PORTS_FILE SPEC...``; it writes
 ``{KEY: local port}`` to PORTS_FILE (temp name, then rename) once it is listening.
 """
 
@@ -16,6 +21,7 @@ import contextlib
 import ctypes
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -28,16 +34,16 @@ CLONE_NEWNET = 0x40000000
 CONNECT_TIMEOUT = 10.0
 
 
-def setns(netns: str, run_dir: Path = Path("/run/netns")) -> None:
-    """Move this process's network namespace to ``netns`` (as ``ip netns exec`` does)."""
-    fd = os.open(run_dir / netns, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+def setns(fd: int) -> None:
+    """Move this process's network namespace to the one ``fd`` refers to (as ``ip netns exec`` does)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def netns_fd(netns: str, run_dir: Path = Path("/run/netns")) -> int:
+    return os.open(run_dir / netns, os.O_RDONLY | os.O_CLOEXEC)
 
 
 def parse_target(spec: str) -> tuple[str, str, int]:
@@ -64,9 +70,34 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
                 writer.close()
 
 
-async def _relay(host: str, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _connect(host: str, port: int, namespace: tuple[int, int] | None) -> socket.socket:
+    """A connected socket; with ``namespace`` = (fd to make it in, fd to return to) made in the first."""
+    if namespace is not None:
+        setns(namespace[0])
     try:
-        up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
+        sock = socket.socket()
+    finally:
+        if namespace is not None:
+            setns(namespace[1])
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _relay(
+    host: str,
+    port: int,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    namespace: tuple[int, int] | None = None,
+) -> None:
+    try:
+        sock = await asyncio.wait_for(_connect(host, port, namespace), CONNECT_TIMEOUT)
+        up_reader, up_writer = await asyncio.open_connection(sock=sock)
     except (TimeoutError, OSError):
         writer.close()  # the node is not listening (yet): the client sees the connection close
         return
@@ -76,7 +107,15 @@ async def _relay(host: str, port: int, reader: asyncio.StreamReader, writer: asy
             w.close()
 
 
-async def serve(netns: str, targets: Mapping[str, tuple[str, int]], ports_file: Path) -> None:
+async def serve(
+    netns: str,
+    targets: Mapping[str, tuple[str, int]],
+    ports_file: Path,
+    reverse: Mapping[str, int] | None = None,
+) -> None:
+    """Listen on 127.0.0.1 for ``targets`` and (inside the namespace) on ``reverse`` ADDR:PORT -> host port."""
+    host_ns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    cluster_ns = netns_fd(netns)
     servers = []
     ports: dict[str, int] = {}
     for key, (host, port) in targets.items():
@@ -89,7 +128,14 @@ async def serve(netns: str, targets: Mapping[str, tuple[str, int]], ports_file: 
         server = await asyncio.start_server(handler, "127.0.0.1", 0)
         servers.append(server)
         ports[key] = int(server.sockets[0].getsockname()[1])
-    setns(netns)
+    setns(cluster_ns)
+    for listen, host_port in (reverse or {}).items():
+        address, _, listen_port = listen.rpartition(":")
+
+        async def back(r: asyncio.StreamReader, w: asyncio.StreamWriter, p: int = host_port) -> None:
+            await _relay("127.0.0.1", p, r, w, namespace=(host_ns, cluster_ns))
+
+        servers.append(await asyncio.start_server(back, address, int(listen_port)))
     tmp = ports_file.with_name(f".{ports_file.name}.tmp")
     tmp.write_text(json.dumps(ports, indent=2) + "\n")
     os.replace(tmp, ports_file)
@@ -98,18 +144,33 @@ async def serve(netns: str, targets: Mapping[str, tuple[str, int]], ports_file: 
 
 def main(argv: list[str]) -> int:
     netns, ports_file, *specs = argv
-    targets = {key: (host, port) for key, host, port in map(parse_target, specs)}
-    asyncio.run(serve(netns, targets, Path(ports_file)))
+    targets = {}
+    reverse = {}
+    for spec in specs:
+        if spec.startswith("reverse:"):
+            listen, _, host_port = spec.removeprefix("reverse:").rpartition("=")
+            reverse[listen] = int(host_port)
+        else:
+            key, host, port = parse_target(spec)
+            targets[key] = (host, port)
+    asyncio.run(serve(netns, targets, Path(ports_file), reverse))
     return 0
 
 
 def start(
-    netns: str, targets: Mapping[str, tuple[str, int]], directory: Path, timeout: float = 30.0
+    netns: str,
+    targets: Mapping[str, tuple[str, int]],
+    directory: Path,
+    reverse: Mapping[str, int] | None = None,
+    timeout: float = 30.0,
 ) -> tuple[int, dict[str, int]]:
-    """Start the forwarder detached (it outlives osctl); returns its pid and the ports it bound."""
+    """Start the forwarder detached (it outlives osctl); returns its pid and the ports it bound.
+
+    ``reverse`` maps ``ADDR:PORT`` inside the namespace to a port on the host's 127.0.0.1."""
     ports_file = directory / "forwards.json"
     ports_file.unlink(missing_ok=True)
     specs = [f"{key}={host}:{port}" for key, (host, port) in targets.items()]
+    specs += [f"reverse:{listen}={port}" for listen, port in (reverse or {}).items()]
     with open(directory / "forwarder.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "talos_os.cluster.forward", netns, str(ports_file), *specs],

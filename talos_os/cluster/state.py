@@ -66,6 +66,7 @@ class ClusterState:
     cmdline: str | None
     nodes: list[Node]
     forwards: dict[str, int] = field(default_factory=dict)
+    host_forwards: dict[str, int] = field(default_factory=dict)  # "GATEWAY:PORT" -> host 127.0.0.1 port
     talosconfig: str | None = None
     context: str | None = None
 
@@ -169,6 +170,7 @@ def plan_nodes(
     workers: int,
     cidr: str = DEFAULT_CIDR,
     cpus: int = 2,
+    worker_cpus: int | None = None,
     memory_mb: int = 4096,
     worker_memory_mb: int = 2048,
     disk_mb: int = 8192,
@@ -205,7 +207,7 @@ def plan_nodes(
                 mac="52:54:00:{:02x}:{:02x}:{:02x}".format(*octets[1:]),
                 tap=f"tap{i}",
                 memory_mb=worker_memory_mb if worker else memory_mb,
-                cpus=cpus,
+                cpus=(worker_cpus or cpus) if worker else cpus,
                 disk_mb=disk_mb,
             )
         )

@@ -89,7 +89,6 @@ def qemu_argv(
         "-device", "virtio-rng-pci",
         "-chardev", f"file,id=serial0,path={d / 'serial.log'},append=on",
         "-serial", "chardev:serial0",
-        "-monitor", f"unix:{d / 'monitor.sock'},server=on,wait=off",
         # etcd fsyncs every write: a local test cluster need not wait for the host disk's flushes
         "-drive", f"file={d / 'disk.qcow2'},format=qcow2,if=virtio,cache=unsafe",
         "-netdev", f"tap,id=n0,ifname={node.tap},script=no,downscript=no",

@@ -39,7 +39,7 @@ from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
 from talos_os.init.nocloud import kernel_mount
 from talos_os.init.nodestate import STATE_DIR, load_or_create
-from talos_os.init.services import KubernetesPlan, node_services
+from talos_os.init.services import Identity, KubernetesPlan, node_services
 from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
 from talos_os.kubernetes import kubeadm as kubeadm_config
@@ -268,13 +268,6 @@ def phase_kubernetes(boot: Boot) -> None:
     if boot.acquired.kubernetes_problem:
         boot.log("kubernetes: not started: the config's Kubernetes settings are invalid (see above)")
         return
-    if cfg.machine.type != MachineType.INIT:
-        # Joining a cluster (token discovery, trustd) is the local-cluster work still to come: until then
-        # a controlplane or worker node runs the OS services only, instead of a kubelet that waits forever.
-        boot.log(
-            f"kubernetes: a {cfg.machine.type} node does not join a cluster yet; only init nodes run Kubernetes"
-        )
-        return
     if not boot.address:
         boot.log("kubernetes: the node has no address yet: Kubernetes services are not started")
         return
@@ -284,18 +277,32 @@ def phase_kubernetes(boot: Boot) -> None:
     if absent:
         boot.log(f"kubernetes: this kernel has no sysctl {', '.join(absent)}")
     facts = kubeadm_config.NodeFacts(boot.hostname, boot.address)
+    init = cfg.machine.type == MachineType.INIT
     boot.kubernetes = KubernetesPlan(
-        boot.hostname, boot.address, True, tuple(kubeadm_config.kubelet_flags(cfg, facts))
+        boot.hostname,
+        boot.address,
+        init,
+        tuple(kubeadm_config.kubelet_flags(cfg, facts)),
+        join=not init,
+        control_plane=cfg.machine.type.is_control_plane,
+        pod_subnets=tuple(str(s) for s in cfg.cluster.network.pod_subnets),
     )
-    boot.log(
-        f"kubernetes: {cfg.cluster.kubernetes.version} on {boot.address}; this node bootstraps the control plane"
-    )
+    role = {
+        MachineType.INIT: "bootstraps the control plane",
+        MachineType.CONTROLPLANE: "joins the control plane",
+        MachineType.WORKER: "joins the cluster as a worker",
+    }[cfg.machine.type]
+    boot.log(f"kubernetes: {cfg.cluster.kubernetes.version} on {boot.address}; this node {role}")
 
 
 def phase_services(boot: Boot) -> None:
     """The supervisor, its control socket (for osd) and the node's services."""
     sup = Supervisor(reaper=boot.reaper, log_dir=Path("/var/log"), cgroup_root=cgroups.DEFAULT_ROOT)
-    for spec in node_services(kubernetes=boot.kubernetes):
+    identity = None
+    if boot.acquired is not None:
+        control_plane = boot.acquired.config.machine.type.is_control_plane
+        identity = Identity(control_plane, boot.hostname, boot.address)
+    for spec in node_services(kubernetes=boot.kubernetes, identity=identity):
         sup.add(spec)
     handlers = supervisor_handlers(
         sup,

@@ -8,7 +8,11 @@ containerd and osd run on every node. With Kubernetes (every configured node):
 - ``kubeadm`` (init nodes): bootstraps the control plane once (:mod:`talos_os.kubernetes.bootstrap`);
 - ``kubelet``: started by the init itself, as the original design did (kubeadm's kubelet-start
   phase expects systemd), once kubeadm has written its configuration;
-- ``cni``: writes the pod network's configuration once the node has its pod range.
+- ``cni``: writes the pod network's configuration once the node has its pod range;
+- ``routes``: routes to the other nodes' pod ranges (:mod:`talos_os.kubernetes.routes`);
+- ``kubeadm`` (controlplane and worker nodes): joins the cluster once (:mod:`talos_os.kubernetes.join`).
+
+Control planes also run ``trustd``; workers run ``identity``, which gets their certificates from it.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ class KubernetesPlan:
     address: str
     bootstrap: bool  # an init node bootstraps the control plane
     kubelet_flags: tuple[str, ...] = ()
+    join: bool = False  # controlplane and worker nodes join it (talos_os.kubernetes.join)
+    control_plane: bool = True  # init and controlplane nodes; a worker's kubeadm waits for identity
+    pod_subnets: tuple[str, ...] = ()  # the cluster's pod ranges (routes between nodes)
 
 
 def node_services(
@@ -45,8 +52,10 @@ def node_services(
     osd_port: int = OSD_PORT,
     python: str = sys.executable,
     kubernetes: KubernetesPlan | None = None,
+    identity: Identity | None = None,
 ) -> list[ServiceSpec]:
-    """containerd and osd, and the Kubernetes services when there is a plan for them."""
+    """containerd and osd, trustd or identity (see :func:`identity_services`), and the Kubernetes
+    services when there is a plan for them."""
     base_env = {"PATH": "/usr/sbin:/usr/bin", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
     containerd_argv = ["/usr/bin/containerd", "--address", CONTAINERD_SOCKET]
     if kubernetes is not None:
@@ -75,13 +84,54 @@ def node_services(
                 str(osd_port),
             ],
             env=base_env,
+            depends=["identity"] if identity is not None and not identity.control_plane else [],
             conditions=[file_exists(CONFIG_PATH), file_exists(DEFAULT_SOCKET)],
             restart=Restart.ALWAYS,
         ),
     ]
+    if identity is not None:
+        specs += identity_services(identity, base_env, python)
     if kubernetes is not None:
         specs += kubernetes_services(kubernetes, base_env, python)
     return specs
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Which side of trustd the node is on, and the names its certificates carry."""
+
+    control_plane: bool
+    hostname: str
+    address: str
+
+
+def identity_services(identity: Identity, env: Mapping[str, str], python: str) -> list[ServiceSpec]:
+    """``trustd`` on control planes (signs joining nodes' CSRs, port 50001); ``identity`` on workers
+    (gets osd's and the kubelet's certificates from trustd; osd and kubeadm wait for it)."""
+    if identity.control_plane:
+        return [
+            ServiceSpec(
+                name="trustd",
+                argv=[python, "-m", "talos_os.trustd.server", "--config", str(CONFIG_PATH)],
+                env=env,
+                conditions=[file_exists(CONFIG_PATH)],
+                restart=Restart.ALWAYS,
+                backoff_cap=30.0,
+            )
+        ]
+    argv = [python, "-m", "talos_os.trustd.client", "--config", str(CONFIG_PATH)]
+    argv += ["--hostname", identity.hostname, "--address", identity.address]
+    return [
+        ServiceSpec(
+            name="identity",
+            argv=argv,
+            env=env,
+            conditions=[file_exists(CONFIG_PATH)],
+            restart=Restart.ON_FAILURE,  # it retries trustd itself; this is for a crash
+            oneshot=True,
+            backoff_cap=60.0,
+        )
+    ]
 
 
 def kubernetes_services(plan: KubernetesPlan, env: Mapping[str, str], python: str) -> list[ServiceSpec]:
@@ -124,6 +174,32 @@ def kubernetes_services(plan: KubernetesPlan, env: Mapping[str, str], python: st
                 stop_timeout=30.0,
             )
         )
+    if plan.join:
+        specs.append(
+            ServiceSpec(
+                name="kubeadm",
+                argv=[
+                    python,
+                    "-m",
+                    "talos_os.kubernetes.join",
+                    "--config",
+                    str(CONFIG_PATH),
+                    "--hostname",
+                    plan.hostname,
+                    "--address",
+                    plan.address,
+                ],
+                env=env,
+                # a worker's kubelet serving certificate comes from trustd (the identity service)
+                depends=["images", *(() if plan.control_plane else ("identity",))],
+                restart=Restart.ON_FAILURE,
+                oneshot=False,  # the kubelet must run while kubeadm waits for its TLS bootstrap
+                backoff_base=10.0,
+                backoff_cap=120.0,
+                stable_after=600.0,
+                stop_timeout=30.0,
+            )
+        )
     specs += [
         ServiceSpec(
             name="kubelet",
@@ -143,6 +219,21 @@ def kubernetes_services(plan: KubernetesPlan, env: Mapping[str, str], python: st
             depends=["kubelet"],
             restart=Restart.ON_FAILURE,
             oneshot=True,
+            backoff_cap=60.0,
+        ),
+        ServiceSpec(
+            name="routes",
+            argv=[
+                python,
+                "-m",
+                "talos_os.kubernetes.routes",
+                "--node",
+                plan.hostname,
+                *(f"--pod-subnet={s}" for s in plan.pod_subnets),
+            ],
+            env=env,
+            depends=["kubelet"],
+            restart=Restart.ALWAYS,
             backoff_cap=60.0,
         ),
     ]

@@ -1,9 +1,11 @@
 """osctl's side of the node API: targets, the mutual-TLS channel, parallel calls, readable errors.
 
 Which nodes a command goes to: ``-n/--nodes`` (else the context's nodes); with none, the first
-endpoint (``-e/--endpoints``, else the context's). Each node is contacted directly at its own
-address, ``HOST[:PORT]`` with port 50000 by default (a node equal to an endpoint host uses that
-endpoint's port); proxying a request through an endpoint to a node behind it is not done yet.
+endpoint (``-e/--endpoints``, else the context's). Without ``-e``, each node is contacted directly
+at its own address, ``HOST[:PORT]`` with port 50000 by default (a node equal to an endpoint host uses
+that endpoint's port). With ``-e``, nodes that are not endpoints are reached through the first
+endpoint, as talosctl does: the call carries ``nodes: NODE`` in its metadata and the endpoint's osd
+(a control plane's) relays it to NODE with the caller's role (:mod:`talos_os.osd.relay`).
 
 The server certificate is verified against the context's CA and must name the address used
 (an IP address is matched against the certificate's IP SANs). Our client certificate is checked
@@ -30,6 +32,7 @@ from talos_os.api.gen import node_pb2_grpc as pb_grpc
 
 DEFAULT_PORT = 50000
 CALL_TIMEOUT = 30.0
+RELAY_METADATA = "nodes"  # the node an endpoint relays a call to (as talosctl sends it)
 
 T = TypeVar("T")
 
@@ -45,6 +48,7 @@ class Target:
     name: str
     host: str
     port: int = DEFAULT_PORT
+    relay: str = ""  # the node the endpoint at host:port relays the call to (metadata ``nodes``)
 
     @property
     def address(self) -> str:
@@ -123,6 +127,64 @@ def resolve_targets(endpoints: Sequence[str], nodes: Sequence[str]) -> list[Targ
         if target not in result:
             result.append(target)
     return result
+
+
+def relay_targets(endpoints: Sequence[str], nodes: Sequence[str]) -> list[Target]:
+    """Targets for ``-e ENDPOINT -n NODE``: each node reached through the first endpoint, whose osd
+    relays the call (a node that is one of the endpoints is contacted as itself)."""
+    parsed = [parse_target(e) for e in endpoints]
+    if not parsed:
+        raise talosconfig.TalosConfigError("no endpoint to relay through: pass -e HOST")
+    through = parsed[0]
+    result: list[Target] = []
+    for n in nodes:
+        node = parse_target(n)
+        same = next(
+            (
+                e
+                for e in parsed
+                if e.host == node.host and (":" not in n.replace("::", "") or e.port == node.port)
+            ),
+            None,
+        )
+        target = same or Target(node.name, through.host, through.port, relay=node.name)
+        if target not in result:
+            result.append(target)
+    return result
+
+
+class _NodesMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds ``nodes: NODE`` to every call, which the endpoint's osd relays to NODE."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), (RELAY_METADATA, self.node)]
+        return _CallDetails(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
 
 
 @dataclass(frozen=True)
@@ -298,8 +360,9 @@ class Calls:
         ch = channel(target, self.creds)
         with self._lock:
             self._channels.append(ch)
+        calls = grpc.intercept_channel(ch, _NodesMetadata(target.relay)) if target.relay else ch
         try:
-            return Outcome(target, value=fn(stub(ch), target))
+            return Outcome(target, value=fn(stub(calls), target))
         except grpc.RpcError as err:
             if self._cancelled:
                 return Outcome(target, error="cancelled")

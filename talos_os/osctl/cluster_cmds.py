@@ -80,7 +80,8 @@ def cluster() -> None:
 @click.option("--name", default="talos-default", show_default=True, help="Cluster name (a DNS label).")
 @click.option("--controlplanes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--cpus", type=click.IntRange(min=1), default=2, show_default=True, help="vCPUs per node.")
+@click.option("--cpus", type=click.IntRange(min=1), default=2, show_default=True, help="vCPUs per control plane.")
+@click.option("--cpus-workers", type=click.IntRange(min=1), default=None, help="vCPUs per worker [default: --cpus].")
 @click.option(
     "--memory", type=click.IntRange(min=512), default=4096, show_default=True, help="MiB per control plane."
 )
@@ -97,6 +98,10 @@ def cluster() -> None:
               help="A baked kvm image (raw or qcow2); by default one is baked (cached).")  # fmt: skip
 @click.option("--config-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Use the configs `osctl config generate` wrote there instead of new ones.")  # fmt: skip
+@click.option("--registry-mirror", "mirrors", multiple=True, metavar="NAME=URL",
+              help="A registry mirror for the nodes' containerd (repeatable).")  # fmt: skip
+@click.option("--host-forward", "host_forwards", multiple=True, metavar="PORT=HOSTPORT",
+              help="Let the nodes reach the host's 127.0.0.1:HOSTPORT at the gateway's PORT (e.g. a registry).")  # fmt: skip
 @click.option("--locked", is_flag=True, help="Bake with --locked.")
 @click.option(
     "--bake-out", type=click.Path(file_okay=False), default=None, help="The bake's --out directory."
@@ -111,12 +116,15 @@ def create_cmd(
     controlplanes: int,
     workers: int,
     cpus: int,
+    cpus_workers: int | None,
     memory: int,
     memory_workers: int,
     disk: int,
     cidr: str,
     image: Path | None,
     config_dir: Path | None,
+    mirrors: tuple[str, ...],
+    host_forwards: tuple[str, ...],
     locked: bool,
     bake_out: str | None,
     wait: bool,
@@ -126,11 +134,31 @@ def create_cmd(
     """Create a cluster: network namespace, DHCP, one QEMU per node; merge its talosconfig context."""
     from talos_os.cluster import health
 
+    registry_mirrors: dict[str, list[str]] = {}
+    for spec in mirrors:
+        name_, sep, url = spec.partition("=")
+        if not sep or not name_ or not url.startswith(("http://", "https://")):
+            raise click.BadParameter(
+                f"{spec!r} is not NAME=URL (like docker.io=http://10.5.0.1:5000)",
+                param_hint="--registry-mirror",
+            )
+        registry_mirrors.setdefault(name_, []).append(url)
+    forwards: dict[int, int] = {}
+    for spec in host_forwards:
+        guest, sep, host = spec.partition("=")
+        if not (
+            sep and guest.isdigit() and host.isdigit() and 0 < int(guest) < 65536 and 0 < int(host) < 65536
+        ):
+            raise click.BadParameter(
+                f"{spec!r} is not PORT=HOSTPORT (like 5000=5000)", param_hint="--host-forward"
+            )
+        forwards[int(guest)] = int(host)
     bake_args = [*(["--locked"] if locked else []), *(["--out", bake_out] if bake_out else [])]
     opts = create_mod.CreateOptions(
-        name=name, root=state_root(state_dir), controlplanes=controlplanes, workers=workers, cpus=cpus,
+        name=name, root=state_root(state_dir), controlplanes=controlplanes, workers=workers, cpus=cpus, worker_cpus=cpus_workers,
         memory_mb=memory, worker_memory_mb=memory_workers, disk_mb=disk, cidr=cidr, image=image,
         config_dir=config_dir, talosconfig=flags.talosconfig_path(), bake_args=bake_args,
+        host_forwards=forwards, registry_mirrors=registry_mirrors,
     )  # fmt: skip
     progress = Progress()
 

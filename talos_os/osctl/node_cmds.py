@@ -32,6 +32,7 @@ from talos_os.osctl.client import (
     NodeError,
     Outcome,
     Target,
+    relay_targets,
     resolve_targets,
 )
 from talos_os.osctl.errors import user_errors
@@ -70,39 +71,19 @@ def register(root: click.Group) -> None:
         root.add_command(command)
 
 
-def _refuse_relaying(endpoints: Sequence[str], nodes: Sequence[str], *, context_nodes: bool = False) -> None:
-    """Nodes behind an explicit ``-e`` would need relaying through the endpoint, which osd cannot do
-    yet: refuse rather than silently contacting the nodes directly and ignoring ``-e``. The nodes are
-    ``-n``'s, or (``context_nodes``) the context's."""
-    if not endpoints or not nodes:
-        return
-    reachable = {t.address for e in endpoints for t in resolve_targets([e], [])}
-    behind = [n for n in nodes if resolve_targets(endpoints, [n])[0].address not in reachable]
-    if behind and context_nodes:
-        raise talosconfig.TalosConfigError(
-            f"-e {','.join(endpoints)} would be ignored: the context's nodes {','.join(behind)} are contacted "
-            "directly (reaching nodes through an endpoint is not implemented yet); pass -n with the nodes "
-            "to talk to, or clear the context's nodes with `osctl config node`"
-        )
-    if behind:
-        raise talosconfig.TalosConfigError(
-            f"-n {','.join(behind)} is not one of -e {','.join(endpoints)}, and reaching nodes through an "
-            "endpoint is not implemented yet: drop -e (osctl contacts the -n nodes directly)"
-        )
-
-
 def _session() -> Calls:
     ctx = click.get_current_context()
     with user_errors():
         cfg = talosconfig.load(flags.talosconfig_path(ctx))
         context = flags.selected_context(cfg, ctx)
         given = flags.explicit(ctx, flags.NODES)
-        _refuse_relaying(
-            flags.explicit(ctx, flags.ENDPOINTS), given or context.nodes, context_nodes=not given
-        )
-        endpoints = flags.explicit(ctx, flags.ENDPOINTS) or context.endpoints
+        explicit_endpoints = flags.explicit(ctx, flags.ENDPOINTS)
+        endpoints = explicit_endpoints or context.endpoints
         nodes = given or context.nodes
-        targets = resolve_targets(endpoints, nodes)
+        if explicit_endpoints and nodes:  # -e: the nodes are reached through the endpoint (relayed)
+            targets = relay_targets(explicit_endpoints, nodes)
+        else:
+            targets = resolve_targets(endpoints, nodes)
         creds = Credentials.from_context(context)
         creds.check()
     return Calls(targets, creds)

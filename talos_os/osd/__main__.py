@@ -15,10 +15,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from talos_os import pki
 from talos_os.config import ConfigError, MachineConfig, load
 from talos_os.init import control
 from talos_os.osd import kmsg, node
 from talos_os.osd.auth import IdentityError, server_identity
+from talos_os.osd.relay import Relay
 from talos_os.osd.server import DEFAULT_KUBECONFIG, DEFAULT_PORT, Osd, OsdError, Settings
 from talos_os.pki import PKIError
 
@@ -36,7 +38,14 @@ def build(args: argparse.Namespace, config: MachineConfig) -> Osd:
         addresses = []
     identity, source = server_identity(config, addresses, hostname)
     logging.info("server certificate: %s (%s)", source, ", ".join([hostname, *addresses]))
+    ca = config.machine.ca
+    own = [hostname, *addresses]
     settings = Settings(
+        relay=Relay(
+            None if ca.key is None else pki.CertKey.from_b64(ca.crt, ca.key),
+            ca.crt_pem,
+            lambda: own,
+        ),
         control_socket=args.control_socket,
         kmsg=args.kmsg,
         kubeconfig=args.kubeconfig,

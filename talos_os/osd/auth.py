@@ -22,13 +22,14 @@ import socket
 import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from talos_os import pki
+from talos_os import pki, trustd
 from talos_os.config import MachineConfig
 from talos_os.osd.limits import Admission, Refused
 
@@ -69,20 +70,30 @@ class IdentityError(Exception):
 
 
 def server_identity(
-    config: MachineConfig, addresses: Sequence[str], hostname: str
+    config: MachineConfig,
+    addresses: Sequence[str],
+    hostname: str,
+    issued: tuple[Path, Path] = (trustd.OSD_CERT, trustd.OSD_KEY),
 ) -> tuple[pki.CertKey, str]:
     """The certificate osd presents, and where it came from.
 
     machine.identity when the config has one; else a fresh certificate from machine.ca (when the
-    config carries its key) naming ``addresses``, ``hostname`` and machine.certSANs.
+    config carries its key) naming ``addresses``, ``hostname`` and machine.certSANs; else (a worker)
+    the certificate trustd issued, at ``issued`` (certificate, key).
     """
     machine = config.machine
     if machine.identity is not None:
         return pki.CertKey.from_b64(machine.identity.crt, machine.identity.key), "machine.identity"
     if machine.ca.key is None:
+        cert_path, key_path = issued
+        if cert_path.exists() and key_path.exists():  # a worker's, from trustd (talos_os.trustd.client)
+            pair = pki.CertKey(cert_path.read_bytes(), key_path.read_bytes())
+            pki.verify_issued_by(pair.cert, machine.ca.certificate())
+            return pair, f"issued by trustd ({cert_path})"
         raise IdentityError(
-            "osd has no server certificate: the machine config has no machine.identity and machine.ca "
-            "carries no key to issue one; add machine.identity (a certificate signed by machine.ca)"
+            "osd has no server certificate: the machine config has no machine.identity, machine.ca "
+            f"carries no key to issue one and trustd has issued none ({cert_path}); add "
+            "machine.trustd.endpoints (the identity service asks trustd) or machine.identity"
         )
     ca = pki.CertKey.from_b64(machine.ca.crt, machine.ca.key)
     ips: list[str] = []

@@ -38,6 +38,7 @@ from talos_os.osd.auth import (
     server_credentials,
 )
 from talos_os.osd.kubeconfig import NoKubeconfig, admin_kubeconfig
+from talos_os.osd.relay import Relay, RelayInterceptor
 from talos_os.redact import LineRedactor
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Settings:
     reader_trees: tuple[str, ...] = transfer.READER_TREES  # where an os:reader may Read files
     reader_id: int = opener.READER_ID  # the uid and gid that open files for readers
     machine_config: MachineConfig | None = None  # makes an admin kubeconfig before bootstrap
+    relay: Relay | None = None  # forwards calls naming another node (osd.relay)
 
 
 _TRANSFER_CODES = {
@@ -461,7 +463,7 @@ class Osd:
         raise_fd_limit()
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="osd"),
-            interceptors=[AuthInterceptor(Authorizer(self.ca_pem), self.admission)],
+            interceptors=self._interceptors(),
             options=[
                 ("grpc.so_reuseport", 0),  # a second osd on the same port must fail, not share it
                 # A connection that has not finished its TLS handshake in time is closed, and there
@@ -492,6 +494,13 @@ class Osd:
         self.port = bound
         log.info("osd listening on %s port %d (mutual TLS 1.3)", self.address, bound)
         return bound
+
+    def _interceptors(self) -> list[grpc.ServerInterceptor]:
+        """Authorization for every call; before it, the relay of calls naming another node."""
+        auth = AuthInterceptor(Authorizer(self.ca_pem), self.admission)
+        if self.settings.relay is None:
+            return [auth]
+        return [RelayInterceptor(auth, self.settings.relay), auth]
 
     def _tls12_accepted(self, port: int) -> bool:
         """Offer our own server a TLS 1.2 hello over loopback (or the bound address).

@@ -56,13 +56,31 @@ def test_the_forwarder_listens_on_host_loopback_and_connects_inside_the_namespac
         netns.run(["ip", "-n", ns, "addr", "add", "10.77.0.1/24", "dev", "br0"])
         netns.run(["ip", "-n", ns, "link", "set", "br0", "up"])
         server = echo_server_in(ns, 7000, tmp_path)
-        pid, ports = forward.start(ns, {"a": ("10.77.0.1", 7000), "closed": ("10.77.0.1", 7001)}, tmp_path)
+        on_host = socket.socket()
+        on_host.bind(("127.0.0.1", 0))
+        on_host.listen()
+        reverse = {"10.77.0.1:7100": on_host.getsockname()[1]}
+        pid, ports = forward.start(
+            ns, {"a": ("10.77.0.1", 7000), "closed": ("10.77.0.1", 7001)}, tmp_path, reverse=reverse
+        )
         assert vm.daemon_pid(tmp_path / "forwarder.pid") == pid
         with socket.create_connection(("127.0.0.1", ports["a"]), timeout=10) as s:
             s.sendall(b"hi")
             assert s.recv(100) == b"echo:hi"
         with socket.create_connection(("127.0.0.1", ports["closed"]), timeout=20) as s:
             assert s.recv(100) == b""  # nothing listening at the far end: the connection just closes
+        # from inside the namespace, the bridge address's port 7100 reaches the host's loopback server
+        client = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c",
+             "import socket; s=socket.create_connection(('10.77.0.1', 7100), 10); s.sendall(b'up'); s.recv(10)"],
+        )  # fmt: skip
+        on_host.settimeout(20)
+        conn, _ = on_host.accept()
+        assert conn.recv(10) == b"up"
+        conn.sendall(b"ok")
+        conn.close()
+        assert client.wait(20) == 0
+        on_host.close()
         # the cluster's address lives only inside the namespace (checked locally, no traffic is sent)
         assert "10.77.0.1" not in netns.run(["ip", "-o", "addr", "show"]).stdout
     finally:

@@ -131,7 +131,9 @@ def test_preflight_refuses_a_taken_name_and_non_root(tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match="needs root"):
         create.preflight(options, available_mb=20000, euid=1000)
     (tmp_path / "clusters" / "demo").mkdir(parents=True)
-    with pytest.raises(ClusterError, match=r"cluster demo already exists .*osctl cluster destroy --name demo"):
+    with pytest.raises(
+        ClusterError, match=r"cluster demo already exists .*osctl cluster destroy --name demo"
+    ):
         create.preflight(options, available_mb=20000, euid=0)
 
 

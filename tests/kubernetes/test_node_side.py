@@ -198,7 +198,7 @@ def test_services_plan() -> None:
     assert plain == ["containerd", "osd"]
     plan = KubernetesPlan("node-1", "10.0.2.15", bootstrap=True, kubelet_flags=("--node-ip=10.0.2.15",))
     specs = {s.name: s for s in node_services(kubernetes=plan)}
-    assert list(specs) == ["containerd", "osd", "images", "kubeadm", "kubelet", "cni"]
+    assert list(specs) == ["containerd", "osd", "images", "kubeadm", "kubelet", "cni", "routes"]
     assert "--config" in specs["containerd"].argv
     assert specs["images"].oneshot and specs["images"].depends == ["containerd"]
     assert specs["kubelet"].depends == ["images"] and specs["kubelet"].argv[1:] == ["--node-ip=10.0.2.15"]

@@ -1,0 +1,153 @@
+"""The ``kubeadm`` service of controlplane and worker nodes: join the cluster once, idempotently.
+
+- Control planes (``machine.type: controlplane``) join with ``kubeadm join --control-plane``: the
+  shared CA material of their config (cluster, front-proxy and etcd CAs, the service-account key)
+  is written to /etc/kubernetes/pki first, so kubeadm needs no certificate key and adds this node
+  as an etcd member. The API server's audit policy, encryption config and probe patches are the
+  init node's, from the same config.
+- Workers join with the bootstrap token of their config; discovery pins the cluster CA by the
+  hash of its public key (``--discovery-token-ca-cert-hash``), computed from cluster.ca.crt. Their
+  kubelet serving certificate came from trustd (the ``identity`` service).
+
+Joined before (the stamp on /var exists): nothing to do, the kubelet restarts with the kubeconfig it
+has. A join that did not finish left files kubeadm's preflight refuses: it runs again over them with
+preflight errors ignored. Nothing is ever reset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import time
+from pathlib import Path, PurePosixPath
+
+import yaml
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from talos_os.config import MachineConfig, MachineType, load
+from talos_os.config.model import CertAndKey
+from talos_os.kubernetes import kubeadm
+from talos_os.kubernetes.node import write_files
+
+STAMP = Path("/var/lib/talos/kubernetes/joined")
+JOIN_CONFIG = PurePosixPath("/etc/kubernetes/kubeadm-join.yaml")
+KUBEADM = "/usr/bin/kubeadm"
+LEFTOVERS = (
+    Path("/etc/kubernetes/kubelet.conf"),
+    Path("/etc/kubernetes/bootstrap-kubelet.conf"),
+    Path("/etc/kubernetes/manifests/kube-apiserver.yaml"),
+    Path("/var/lib/etcd/member"),
+)
+
+
+def say(message: str) -> None:
+    print(f"[join] {message}", flush=True)
+
+
+def ca_cert_hash(ca: CertAndKey) -> str:
+    """kubeadm's discovery hash: ``sha256:`` and the hex SHA-256 of the CA's SubjectPublicKeyInfo."""
+    spki = ca.certificate().public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def api_server_endpoint(cfg: MachineConfig) -> str:
+    """``HOST:PORT`` of the control-plane endpoint, as kubeadm's discovery wants it."""
+    host, port = kubeadm.endpoint_host_port(str(cfg.cluster.control_plane.endpoint))
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def join_config(cfg: MachineConfig, node: kubeadm.NodeFacts) -> str:
+    """kubeadm's JoinConfiguration for this node (control planes get a controlPlane section)."""
+    doc: dict[str, object] = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "JoinConfiguration",
+        "discovery": {
+            "bootstrapToken": {
+                "apiServerEndpoint": api_server_endpoint(cfg),
+                "token": cfg.cluster.token,
+                "caCertHashes": [ca_cert_hash(cfg.cluster.ca)],
+            },
+            "tlsBootstrapToken": cfg.cluster.token,
+        },
+        "nodeRegistration": {
+            "name": node.hostname,
+            "criSocket": kubeadm.CRI_SOCKET,
+            "taints": [],
+            "ignorePreflightErrors": kubeadm.IGNORED_PREFLIGHT,
+            "imagePullPolicy": "IfNotPresent",
+            "kubeletExtraArgs": [{"name": "node-ip", "value": node.address}],
+        },
+        "timeouts": kubeadm.TIMEOUTS,
+    }
+    if cfg.machine.type is MachineType.CONTROLPLANE:
+        doc["controlPlane"] = {"localAPIEndpoint": {"advertiseAddress": node.address, "bindPort": 6443}}
+        doc["patches"] = {"directory": str(kubeadm.PATCHES_DIR)}
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def join_files(cfg: MachineConfig, node: kubeadm.NodeFacts) -> list[kubeadm.File]:
+    """What kubeadm join reads: a control plane's shared CA material and API server files, and the
+    JoinConfiguration (0600: it holds the bootstrap token)."""
+    files: list[kubeadm.File] = []
+    if cfg.machine.type is MachineType.CONTROLPLANE:
+        files += [f for f in kubeadm.control_plane_files(cfg, node) if f.path != kubeadm.CONFIG_PATH]
+    files.append(kubeadm.File(JOIN_CONFIG, join_config(cfg, node).encode(), 0o600))
+    return files
+
+
+def join_argv(cfg: MachineConfig, retry: bool, kubeadm_binary: str = KUBEADM) -> list[str]:
+    argv = [kubeadm_binary, "join", "--config", str(JOIN_CONFIG), "--v=1"]
+    if retry:
+        argv.append("--ignore-preflight-errors=all")
+    return argv
+
+
+def run(argv: list[str]) -> int:
+    say("running " + " ".join(argv))
+    return subprocess.run(argv, check=False).returncode
+
+
+def join(
+    config_path: Path, facts: kubeadm.NodeFacts, root: Path = Path("/"), kubeadm_binary: str = KUBEADM
+) -> int:
+    """Exit status for the supervisor: 0 once the node has (or already had) joined."""
+    stamp = root / str(STAMP).lstrip("/")
+    if stamp.exists():
+        say(f"already joined ({stamp.read_text().strip()}); the kubelet restarts with its kubeconfig")
+        return 0
+    cfg = load(config_path)
+    if cfg.machine.type is MachineType.INIT:
+        say("an init node bootstraps the cluster (talos_os.kubernetes.bootstrap); it does not join")
+        return 1
+    retry = any((root / str(p).lstrip("/")).exists() for p in LEFTOVERS)
+    if retry:
+        say("an earlier join did not finish: running kubeadm join again over what it left")
+    write_files(join_files(cfg, facts), root)
+    role = "control plane" if cfg.machine.type is MachineType.CONTROLPLANE else "worker"
+    say(
+        f"joining {api_server_endpoint(cfg)} as a {role} (CA pinned by {ca_cert_hash(cfg.cluster.ca)[:19]}...)"
+    )
+    started = time.monotonic()
+    code = run(join_argv(cfg, retry, kubeadm_binary))
+    if code != 0:
+        say(f"kubeadm join failed with {code}; the init retries with backoff")
+        return code
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    say(f"joined the cluster as a {role} in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Join this node to the cluster with kubeadm.")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--hostname", required=True)
+    parser.add_argument("--address", required=True)
+    args = parser.parse_args(argv)
+    return join(args.config, kubeadm.NodeFacts(args.hostname, args.address))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
