@@ -10,7 +10,7 @@ from pathlib import Path
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
 from bakery.lockguard import guarded
-from tools import bench_aws, bench_bake, bench_kubernetes, bench_node, bench_osd
+from tools import bench_aws, bench_bake, bench_cluster, bench_kubernetes, bench_node, bench_osd
 
 OUT = Path("_build/bench")
 
@@ -49,6 +49,7 @@ def main() -> int:
     bench_kubernetes.report_sizes(image)
     bench_kubernetes.report_build(json.loads(image.manifest.read_text())["source_date_epoch"])
     bench_kubernetes.report_node(image)
+    bench_cluster.report(image)
     return 0
 
 
