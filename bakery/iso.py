@@ -3,8 +3,13 @@ squashfs file on it through a loop device (``talos.root=iso:LABEL/talos/root.sqs
 
 Everything comes out of the raw image (kernel, initramfs and grub.cfg from the BOOT filesystem,
 the squashfs from ROOT-A), so ``talos-bake iso --image PATH`` needs nothing but that file. The ISO
-has no EPHEMERAL partition: the init keeps /var in memory. Built with pycdlib, with every date
-pinned to ``epoch`` so the same image gives the same ISO.
+has no EPHEMERAL partition: the init keeps /var in memory.
+
+The ISO also carries the rest of the image for the node's installer (``talos/image.json`` and
+``talos/image.bin``, see :mod:`talos_os.install.image`), and its GRUB menu boots a disk that
+holds this image's install (found by the BOOT filesystem's UUID) ahead of the live system, so a
+machine that installed itself never loops back into the installer while the ISO stays inserted.
+Built with pycdlib, with every date pinned to ``epoch`` so the same image gives the same ISO.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import struct
 import sys
 import time as _time
 import types
+import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +33,16 @@ from bakery.atomic import atomic_path
 from bakery.errors import BakeError
 from bakery.filesystems import make_esp
 from bakery.tools import run
+from talos_os.install import image as install_image
 
 ROOT_PATH = "talos/root.sqsh"
 PAD_BYTES = 300 << 10
+# part_gpt, ext2 and search_fs_uuid find an installed disk's BOOT filesystem; loadenv reads its grubenv.
 BIOS_MODULES = ["biosdisk", "iso9660", "search", "search_label", "configfile", "normal", "linux", "echo", "test",
-                "serial", "terminal"]  # fmt: skip
+                "serial", "terminal", "part_gpt", "ext2", "search_fs_uuid", "loadenv"]  # fmt: skip
 EFI_MODULES = ["iso9660", "fat", "part_gpt", "search", "search_label", "configfile", "normal", "linux", "echo",
-               "test", "serial", "terminal", "efi_gop"]  # fmt: skip
+               "test", "serial", "terminal", "efi_gop", "ext2", "search_fs_uuid", "loadenv"]  # fmt: skip
+EXT_MAGIC = 0xEF53
 SQUASHFS_MAGIC = b"hsqs"
 _LINUX_A = re.compile(r"^\s*linux\s+/boot/A/vmlinuz\s+(.*?)\s*$", re.MULTILINE)
 _ROOT_WORD = re.compile(r"(?<!\S)talos\.root=\S*")
@@ -47,6 +56,9 @@ class IsoSources:
     initramfs: Path
     squashfs: Path
     cmdline: str  # slot A's command line as baked (talos.root=ROOT-A)
+    image_map: Path | None = None  # talos/image.json: the installer's map of the raw image
+    image_data: Path | None = None  # talos/image.bin: the image's bytes outside the squashfs
+    boot_uuid: str | None = field(default=None)  # the BOOT filesystem's UUID: an installed disk has it
 
 
 def volume_label(sources: IsoSources) -> str:
@@ -65,6 +77,28 @@ def live_cmdline(cmdline: str, label: str, root_path: str = ROOT_PATH) -> str:
     word = f"talos.root=iso:{label}/{root_path}"
     replaced, count = _ROOT_WORD.subn(word, cmdline)
     return replaced if count else f"{cmdline} {word}"
+
+
+def boot_fs_uuid(superblock: bytes) -> str | None:
+    """The UUID of an ext2/3/4 filesystem from its superblock (the 1 KiB at offset 1024), else None."""
+    if len(superblock) < 0x78 or struct.unpack_from("<H", superblock, 0x38)[0] != EXT_MAGIC:
+        return None
+    return str(uuid.UUID(bytes=bytes(superblock[0x68:0x78])))
+
+
+def installed_entry(boot_uuid: str) -> str:
+    """grub.cfg lines that make a disk holding this image's install (its BOOT filesystem) the
+    default entry: its own grub.cfg then boots it, so the ISO never runs the installer again."""
+    return (
+        f"if search --no-floppy --fs-uuid --set=installed {boot_uuid}; then\n"
+        '    set default="talos-os (installed disk)"\n'
+        '    menuentry "talos-os (installed disk)" {\n'
+        "        set root=$installed\n"
+        "        set prefix=($root)/boot/grub\n"
+        "        configfile ($root)/boot/grub/grub.cfg\n"
+        "    }\n"
+        "fi\n"
+    )
 
 
 def early_config(label: str) -> str:
@@ -127,7 +161,21 @@ def sources_from_image(raw: Path, work: Path) -> IsoSources:
         raise BakeError(f"{raw}: the squashfs is larger than ROOT-A; the image is damaged")
     squashfs = work / "root.sqsh"
     _copy_range(raw, parts["ROOT-A"].offset, length, squashfs)
-    return IsoSources(kernel=kernel, initramfs=initramfs, squashfs=squashfs, cmdline=m.group(1))
+    with open(raw, "rb") as f:
+        f.seek(parts["BOOT"].offset + 1024)
+        boot_uuid = boot_fs_uuid(f.read(1024))
+    image_data = work / "image.bin"
+    image_map = work / "image.json"
+    image_map.write_text(install_image.pack(raw, (parts["ROOT-A"].offset, length), image_data).to_json())
+    return IsoSources(
+        kernel=kernel,
+        initramfs=initramfs,
+        squashfs=squashfs,
+        cmdline=m.group(1),
+        image_map=image_map,
+        image_data=image_data,
+        boot_uuid=boot_uuid,
+    )
 
 
 def grub_images(work: Path, label: str, epoch: int) -> tuple[Path, Path]:
@@ -245,7 +293,10 @@ def build(
     cmdline = live_cmdline(sources.cmdline, label)
     bios, esp = grub_images(work, label, epoch)
     grub_cfg = work / "grub-iso.cfg"
-    grub_cfg.write_text(bootloader.grub_cfg([("A", cmdline)]))
+    menu = bootloader.grub_cfg([("A", cmdline)])
+    if sources.boot_uuid is not None:
+        menu += installed_entry(sources.boot_uuid)
+    grub_cfg.write_text(menu)
     files = [
         (bios, "/boot/grub/bios.img"),
         (esp, "/boot/grub/efi.img"),
@@ -254,6 +305,11 @@ def build(
         (sources.initramfs, "/boot/A/initramfs.zst"),
         (sources.squashfs, "/" + ROOT_PATH),
     ]
+    if sources.image_map is not None and sources.image_data is not None:
+        files += [
+            (sources.image_map, "/" + install_image.MAP_PATH),
+            (sources.image_data, "/" + install_image.DATA_PATH),
+        ]
     iso = new_iso(label, epoch)
     try:
         with frozen_pycdlib_clock(epoch):

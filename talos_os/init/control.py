@@ -2,7 +2,8 @@
 
 A unix stream socket (default ``/run/talos/init.sock``, mode 0600) speaking JSON lines: each
 request line ``{"op": ..., "name": ...}`` gets one response line ``{"ok": true, "result": ...}``
-or ``{"ok": false, "error": "..."}``. Only peers whose SO_PEERCRED uid is allowed (root) are
+or ``{"ok": false, "error": "...", "code": CODE}``, where CODE says what kind of failure it is
+(:data:`CODES`, so osd maps it to a gRPC status without reading the message). Only peers whose SO_PEERCRED uid is allowed (root) are
 served: the socket is the init's whole API, and osd (not this socket) authenticates remote users.
 Handlers are injected, so tests wire a real :class:`~talos_os.init.supervisor.Supervisor`.
 Handlers must return quickly: reboot, shutdown and reset handlers only *request* the action (the
@@ -55,20 +56,36 @@ OPS = (
 MAX_WAIT = 10.0  # seconds a logs long poll may block (well under the client's timeout)
 LOGS_MAX_BYTES = 512 * 1024  # JSON-encoded lines per logs answer (a response line stays under 1 MiB)
 LOGS_MAX_LINES = 8192  # and at most this many lines
-NOT_FOUND = "no service named"  # how the supervisor's unknown-service errors begin
+# What kind of failure an ``ok: false`` answer is; osd maps each to a gRPC status code.
+BAD_REQUEST = "bad_request"  # not JSON, no op, an unknown op, a missing or wrong argument
+NOT_FOUND = "not_found"  # no such service (or other named thing)
+INVALID = "invalid"  # the request's content is wrong (e.g. a machine config that does not validate)
+FAILED_PRECONDITION = "failed_precondition"  # right request, wrong moment (the node's state refuses it)
+DENIED = "denied"  # the peer may not use the socket
+INTERNAL = "internal"  # the handler failed unexpectedly (logged by the init)
+CODES = (BAD_REQUEST, NOT_FOUND, INVALID, FAILED_PRECONDITION, DENIED, INTERNAL)
 
 Handler = Callable[[dict[str, Any]], Any]
 _UCRED = struct.Struct("3i")  # pid, uid, gid
 
 
 class ControlError(Exception):
-    """A request that cannot be served; the message goes back to the client as ``error``."""
+    """A request that cannot be served; the message goes back as ``error`` and ``code`` with it."""
+
+    def __init__(self, message: str, code: str = FAILED_PRECONDITION) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def refusal(message: str, code: str) -> dict[str, Any]:
+    """One ``ok: false`` answer."""
+    return {"ok": False, "error": message, "code": code}
 
 
 def _name(req: Mapping[str, Any]) -> str:
     name = req.get("name")
     if not isinstance(name, str) or not name:
-        raise ControlError(f"{req.get('op')}: a service 'name' is required")
+        raise ControlError(f"{req.get('op')}: a service 'name' is required", BAD_REQUEST)
     return name
 
 
@@ -77,7 +94,7 @@ def _int(req: Mapping[str, Any], key: str, default: int | None) -> int | None:
     if value is None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ControlError(f"{req.get('op')}: {key!r} must be a non-negative integer")
+        raise ControlError(f"{req.get('op')}: {key!r} must be a non-negative integer", BAD_REQUEST)
     return value
 
 
@@ -92,7 +109,7 @@ def read_logs(buf: LogBuffer, req: Mapping[str, Any]) -> dict[str, Any]:
     max_bytes = _int(req, "max_bytes", LOGS_MAX_BYTES) or LOGS_MAX_BYTES
     wait = req.get("wait", 0)
     if not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0:
-        raise ControlError("logs: 'wait' must be a non-negative number of seconds")
+        raise ControlError("logs: 'wait' must be a non-negative number of seconds", BAD_REQUEST)
     if cursor is None:
         cursor = max(0, buf.cursor - tail) if tail is not None else 0
     page_lines = max(1, min(LOGS_MAX_LINES, max_bytes // 3))  # an empty line costs 3 bytes
@@ -192,24 +209,24 @@ def dispatch(handlers: Mapping[str, Handler], line: bytes) -> dict[str, Any]:
     try:
         req = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
-        return {"ok": False, "error": f"bad request: not JSON ({exc})"}
+        return refusal(f"bad request: not JSON ({exc})", BAD_REQUEST)
     if not isinstance(req, dict) or not isinstance(req.get("op"), str):
-        return {"ok": False, "error": "bad request: expected an object with an 'op' string"}
+        return refusal("bad request: expected an object with an 'op' string", BAD_REQUEST)
     op = req["op"]
     if op == "ping":
         return {"ok": True, "result": "pong"}
     handler = handlers.get(op)
     if handler is None:
-        return {"ok": False, "error": f"unknown op {op!r}: expected one of {', '.join(OPS)}"}
+        return refusal(f"unknown op {op!r}: expected one of {', '.join(OPS)}", BAD_REQUEST)
     try:
         return {"ok": True, "result": handler(req)}
     except ControlError as exc:
-        return {"ok": False, "error": str(exc)}
+        return refusal(str(exc), exc.code)
     except KeyError as exc:  # the supervisor's "no service named ..."
-        return {"ok": False, "error": str(exc.args[0]) if exc.args else "not found"}
+        return refusal(str(exc.args[0]) if exc.args else "not found", NOT_FOUND)
     except Exception as exc:
         log.exception("control op %s failed", op)
-        return {"ok": False, "error": f"{op} failed: {type(exc).__name__}: {exc}"}
+        return refusal(f"{op} failed: {type(exc).__name__}: {exc}", INTERNAL)
 
 
 class ControlServer:
@@ -320,7 +337,7 @@ class ControlServer:
             uid = peer_uid(conn)
             if uid not in self.allowed_uids:
                 log.warning("control socket: refused a client with uid %d", uid)
-                _send(conn, {"ok": False, "error": f"permission denied for uid {uid}"})
+                _send(conn, refusal(f"permission denied for uid {uid}", DENIED))
                 return
             with conn.makefile("rb") as reader:
                 while not self._stop.is_set():
@@ -328,7 +345,7 @@ class ControlServer:
                     if not line:
                         return
                     if len(line) > MAX_LINE:
-                        _send(conn, {"ok": False, "error": f"request longer than {MAX_LINE} bytes"})
+                        _send(conn, refusal(f"request longer than {MAX_LINE} bytes", BAD_REQUEST))
                         return
                     if not line.strip():
                         continue

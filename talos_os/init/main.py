@@ -14,20 +14,23 @@ reboot syscall.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import os
 import queue
 import signal
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from talos_os import __version__
-from talos_os.config import MachineType
-from talos_os.init import cgroups, disks, modules, network, syscalls
+from talos_os.config import MachineConfig, MachineType
+from talos_os.init import cgroups, disks, modules, network, reconfigure, syscalls
 from talos_os.init.acquire import Acquired, acquire_config
 from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.cmdline import Cmdline, read
@@ -37,11 +40,15 @@ from talos_os.init.detect import NoPlatformError, detect_with_reason
 from talos_os.init.fetch import Progress, fetch_url
 from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
+from talos_os.init.maintenance import Maintenance
+from talos_os.init.maintenance import persist as persist_config
 from talos_os.init.nocloud import kernel_mount
 from talos_os.init.nodestate import STATE_DIR, load_or_create
 from talos_os.init.services import Identity, KubernetesPlan, node_services
 from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
+from talos_os.install import image as install_image
+from talos_os.install import node as install_node
 from talos_os.kubernetes import kubeadm as kubeadm_config
 from talos_os.kubernetes import node as kubernetes_node
 from talos_os.plugins import UnknownPlatformError, get
@@ -206,8 +213,33 @@ def phase_config(boot: Boot) -> None:
         boot.log(f"config: fetching {url}")
         return fetch_url(url, progress=progress, deadline=60.0)
 
-    boot.acquired = acquire_config(lambda: guest.find_config(ctx), fetch, boot.log)
+    label = install_node.live_label(boot.cmdline)  # booted from the live ISO: it can install itself
+    iso = install_node.mount_iso(label) if label else None
+    image_map = iso / install_image.MAP_PATH if iso is not None else None
+    waiting = Maintenance(boot.log, boot.reaper, lambda: node_addresses(boot), image_map=image_map)
+    boot.acquired = acquire_config(
+        waiting.find(lambda: guest.find_config(ctx)), fetch, boot.log, sleep=waiting.sleep
+    )
+    waiting.stop()
     save_config(boot.acquired.data)
+    if waiting.pushed:
+        install = boot.acquired.config.machine.install
+        if iso is not None and install is not None and install.disk:
+            done = install_node.install(
+                install.disk, install.wipe, boot.acquired.data, iso, boot.log, disk_ops(boot)
+            )
+            boot.log(
+                f"install: {done.disk} installed in {done.seconds:.0f} s; rebooting into the installed system"
+            )
+            shutdown_node(boot, "reboot")
+        persist_config(boot.acquired.data)
+
+
+def node_addresses(boot: Boot) -> list[str]:
+    """The node's addresses (without prefix length), for the maintenance console lines."""
+    if boot.network is None:
+        return []
+    return [a.split("/")[0] for a in boot.network.state().addresses]
 
 
 def phase_apply(boot: Boot) -> None:
@@ -310,11 +342,31 @@ def phase_services(boot: Boot) -> None:
         shutdown=lambda: boot.requests.put("shutdown"),
         reset=lambda: boot.requests.put("reset"),
     )
+    handlers |= reconfigure_handlers(boot)
     boot.control = ControlServer(DEFAULT_SOCKET, handlers)
     boot.control.start()
     boot.supervisor = sup
     sup.start()
     boot.log(f"services: {', '.join(sup.order())} starting")
+
+
+def reconfigure_handlers(boot: Boot) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """``osctl apply-config`` on this running node (see talos_os.init.reconfigure)."""
+
+    def replace(cfg: MachineConfig) -> None:
+        assert boot.acquired is not None
+        boot.acquired = dataclasses.replace(boot.acquired, config=cfg)
+
+    def reboot_soon() -> None:  # after the reply has gone back to osd
+        threading.Timer(1.0, lambda: boot.requests.put("reboot")).start()
+
+    effects = reconfigure.Effects(
+        save=persist_config,
+        publish=save_config,
+        apply_live=lambda cfg: reconfigure.apply_live(cfg, boot.address or None),
+        reboot=reboot_soon,
+    )
+    return reconfigure.control_handlers(lambda: boot.acquired.config if boot.acquired else None, replace, effects)
 
 
 EARLY: list[tuple[str, Callable[[Boot], None]]] = [

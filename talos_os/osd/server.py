@@ -78,6 +78,22 @@ _TRANSFER_CODES = {
     "denied": grpc.StatusCode.PERMISSION_DENIED,
     "failed": grpc.StatusCode.INTERNAL,
 }
+# The init's control-socket failure codes (talos_os.init.control.CODES) as gRPC statuses.
+_CONTROL_CODES = {
+    control.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    control.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    control.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
+    control.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    control.DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    control.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+
+
+def control_status(resp: dict[str, Any]) -> grpc.StatusCode:
+    """The gRPC status of the init's ``ok: false`` answer, from its code (an unknown one: FAILED_PRECONDITION)."""
+    return _CONTROL_CODES.get(str(resp.get("code")), grpc.StatusCode.FAILED_PRECONDITION)
+
+
 SKIPPED_COUNT = api.SKIPPED_COUNT
 SKIPPED_PATHS = api.SKIPPED_PATHS
 SKIPPED_SHOWN = 10  # skipped paths named in the trailing metadata
@@ -118,12 +134,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             )
         if not resp.get("ok"):
             error = transfer.shown(str(resp.get("error", "the init refused the request")))
-            code = (
-                grpc.StatusCode.NOT_FOUND
-                if error.startswith(control.NOT_FOUND)
-                else grpc.StatusCode.FAILED_PRECONDITION
-            )
-            abort(context, code, error)
+            abort(context, control_status(resp), error)
         return resp.get("result")
 
     def _action(self, context: grpc.ServicerContext, op: str) -> pb.ActionReply:

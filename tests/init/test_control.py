@@ -93,7 +93,11 @@ def test_reboot_and_shutdown_are_requested(server: ControlServer, actions: list[
 
 
 def test_errors(server: ControlServer) -> None:
-    assert call(server.path, "service_stop", name="nope") == {"ok": False, "error": "no service named 'nope'"}
+    assert call(server.path, "service_stop", name="nope") == {
+        "ok": False,
+        "error": "no service named 'nope'",
+        "code": "not_found",
+    }
     missing = call(server.path, "service_start")
     assert missing["ok"] is False and "'name' is required" in missing["error"]
     unknown = call(server.path, "format_disk")
@@ -119,7 +123,7 @@ def test_oversized_request(server: ControlServer) -> None:
 def test_peer_uid_not_allowed(tmp_path: Path) -> None:
     with ControlServer(tmp_path / "c.sock", {}, allowed_uids={os.getuid() + 1}) as srv:
         resp = call(srv.path, "ping")
-    assert resp == {"ok": False, "error": f"permission denied for uid {os.getuid()}"}
+    assert resp == {"ok": False, "error": f"permission denied for uid {os.getuid()}", "code": "denied"}
 
 
 def test_stale_socket_replaced_and_removed_on_stop(tmp_path: Path) -> None:
@@ -155,7 +159,7 @@ def test_dispatch_handler_failure() -> None:
         raise RuntimeError("disk on fire")
 
     resp = dispatch({"services": boom}, b'{"op": "services"}')
-    assert resp == {"ok": False, "error": "services failed: RuntimeError: disk on fire"}
+    assert resp == {"ok": False, "error": "services failed: RuntimeError: disk on fire", "code": "internal"}
 
 
 def test_a_full_backlog_is_waited_out_not_failed(tmp_path: Path) -> None:

@@ -72,7 +72,11 @@ def test_reset_is_requested(sock: Path, actions: list[str]) -> None:
 def test_reset_without_a_handler_is_refused(tmp_path: Path, sup: Supervisor) -> None:
     handlers = supervisor_handlers(sup, reboot=lambda: None, shutdown=lambda: None)
     with ControlServer(tmp_path / "c.sock", handlers, allowed_uids={os.getuid()}) as srv:
-        assert call(srv.path, "reset") == {"ok": False, "error": "reset is not available on this node"}
+        assert call(srv.path, "reset") == {
+            "ok": False,
+            "error": "reset is not available on this node",
+            "code": "failed_precondition",
+        }
 
 
 def test_stats(sock: Path, sup: Supervisor) -> None:
@@ -138,7 +142,11 @@ def test_logs_of_a_closed_buffer_do_not_wait() -> None:
 
 
 def test_logs_errors(sock: Path) -> None:
-    assert call(sock, "logs", name="nope") == {"ok": False, "error": "no service named 'nope'"}
+    assert call(sock, "logs", name="nope") == {
+        "ok": False,
+        "error": "no service named 'nope'",
+        "code": "not_found",
+    }
     assert "'name' is required" in call(sock, "logs")["error"]
     assert "non-negative integer" in call(sock, "logs", name="echoer", tail=-1)["error"]
     assert "non-negative integer" in call(sock, "logs", name="echoer", cursor="3")["error"]
