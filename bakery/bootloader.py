@@ -16,9 +16,10 @@ from bakery.tools import run
 
 GRUB_LIB = Path("/usr/lib/grub")
 BIOS_MODULES = ["biosdisk", "part_gpt", "ext2", "search", "search_fs_uuid", "configfile", "normal",
-                "linux", "echo", "test", "serial", "terminal"]  # fmt: skip
+                "linux", "echo", "test", "serial", "terminal", "loadenv"]  # fmt: skip
 EFI_MODULES = ["part_gpt", "ext2", "fat", "search", "search_fs_uuid", "configfile", "normal",
-               "linux", "echo", "test", "serial", "terminal", "efi_gop"]  # fmt: skip
+               "linux", "echo", "test", "serial", "terminal", "efi_gop", "loadenv"]  # fmt: skip
+PANIC_REBOOT = "panic=10"  # a kernel panic reboots, so a slot on trial that panics falls back
 KERNEL_SECTOR_OFFSET = 0x5C  # boot.img: LBA of core.img (8 bytes, little-endian)
 BOOT_DRIVE_OFFSET = 0x64  # boot.img: 0xff = the drive the BIOS booted from
 DRIVE_CHECK_OFFSET = 0x66  # boot.img: NOPs skip the floppy probe on hard disks
@@ -36,9 +37,26 @@ def early_config(boot_uuid: str) -> str:
 
 
 def grub_cfg(entries: list[tuple[str, str]], timeout: int = 1) -> str:
-    """The menu: one entry per slot (A, B) with its kernel command line."""
+    """The menu: one entry per slot (A, B) with its kernel command line.
+
+    Which entry boots comes from GRUB's environment block (``/boot/grub/grubenv``, see
+    :mod:`talos_os.upgrade.slots`): ``saved_entry`` is the good slot; ``next_entry`` boots a new
+    slot once and is cleared (``save_env``) before it boots, so whatever stops that slot, the next
+    boot is the good one again. ``$talos_X_args`` are the kernel arguments of slot X's bundle.
+    pygrub skips the environment lines and boots the first entry.
+    """
+    first = entries[0][0]
     lines = [
-        "set default=0",
+        "load_env",
+        f"set default=talos-{first}",
+        'if [ -n "${saved_entry}" ]; then',
+        '    set default="${saved_entry}"',
+        "fi",
+        'if [ -n "${next_entry}" ]; then',
+        '    set default="${next_entry}"',
+        "    set next_entry=",
+        "    save_env next_entry",
+        "fi",
         f"set timeout={timeout}",
         "serial --unit=0 --speed=115200",
         "terminal_input serial console",
@@ -46,8 +64,8 @@ def grub_cfg(entries: list[tuple[str, str]], timeout: int = 1) -> str:
     ]
     for slot, cmdline in entries:
         lines += [
-            f'menuentry "talos-os {slot}" {{',
-            f"    linux /boot/{slot}/vmlinuz {cmdline}",
+            f'menuentry "talos-os {slot}" --id talos-{slot} {{',
+            f"    linux /boot/{slot}/vmlinuz {cmdline} {PANIC_REBOOT} $talos_{slot}_args",
             f"    initrd /boot/{slot}/initramfs.zst",
             "}",
         ]

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
+from bakery import upgrade_bundle
 from bakery.bake_options import bake_options, options_from, parse_size, profile_option
 from bakery.bake_run import run_bake
 from bakery.cache_cli import cache_group
@@ -86,6 +87,7 @@ def completion(shell: str) -> None:
 
 
 cli.add_command(cache_group)
+cli.add_command(upgrade_bundle.command(bake_options, run_bake))
 for plugin in plugins.discover().values():  # each platform's host half adds its publishing commands
     host = plugin.load_host()
     if host is not None:

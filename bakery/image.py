@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery import layout, steps
+from bakery import layout, steps, upgrade_bundle
 from bakery.atomic import atomic_path, write_atomic
 from bakery.bake_options import manifest_options
 from bakery.errors import BakeError
@@ -30,17 +30,17 @@ from bakery.options import DEFAULT_EPOCH as DEFAULT_EPOCH
 from bakery.options import KSPP_ARGS as KSPP_ARGS
 from bakery.options import BakeOptions as BakeOptions
 from bakery.options import kernel_cmdline as kernel_cmdline
+from bakery.options import os_version
 from bakery.pipeline import Pipeline, Step
 from bakery.progress import Progress
 from bakery.recipe import load_kernel, load_rootfs
 from bakery.stepcache import StepCache
 from bakery.steps import BakeContext
 from bakery.tools import run
-from talos_os import __version__
 from talos_os.plugins import discover
 
 # format -> the output file of its conversion step (the step is named by the format)
-CONVERSIONS = {"qcow2": "disk.qcow2"}
+CONVERSIONS = {"qcow2": "disk.qcow2", "upgrade": upgrade_bundle.OUTPUT}  # upgrade: the A/B bundle
 
 
 @dataclass
@@ -176,7 +176,7 @@ def _manifest(
     squashfs, boot = disk["squashfs"], disk["boot"]
     rootfs_meta, initrd, kernel = squashfs["rootfs"], boot["initramfs"], boot["kernel"]
     data: dict[str, object] = {
-        "talos_os_version": __version__,
+        "talos_os_version": os_version(),
         "platform": opts.platform,
         "image": final.name,
         "sha256": disk["sha256"],

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bakery.lock import LOCK_PATH
+from talos_os import __version__
 from talos_os.init.hardening import KSPP_CMDLINE
 
 KSPP_ARGS = " ".join(KSPP_CMDLINE)
@@ -35,6 +36,12 @@ class BakeOptions:
     epoch: int = field(default_factory=lambda: int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))
     lock_path: Path = LOCK_PATH
     quiet: bool = False
+
+
+def os_version() -> str:
+    """The version the image reports: ``$TALOS_VERSION`` when set (a release, or a test's second
+    version), else the source's ``talos_os.__version__``."""
+    return os.environ.get("TALOS_VERSION") or __version__
 
 
 def kernel_cmdline(opts: BakeOptions, slot: str = "A") -> str:

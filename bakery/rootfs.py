@@ -89,7 +89,7 @@ def api_stubs(site: Path) -> None:
         raise BakeError(str(exc)) from None
 
 
-def write_skeleton(tree: Path) -> None:
+def write_skeleton(tree: Path, version: str = __version__) -> None:
     """Mount points, /etc basics and the stage-2 init."""
     for d in (
         "dev",
@@ -107,7 +107,7 @@ def write_skeleton(tree: Path) -> None:
         (tree / d).mkdir(parents=True, exist_ok=True)
     etc = tree / "etc"
     (etc / "os-release").write_text(
-        f'NAME="talos-os"\nID=talos-os\nVERSION_ID="{__version__}"\nPRETTY_NAME="talos-os {__version__}"\n'
+        f'NAME="talos-os"\nID=talos-os\nVERSION_ID="{version}"\nPRETTY_NAME="talos-os {version}"\n'
     )
     (etc / "passwd").write_text("root:x:0:0:root:/root:/nonexistent\n")
     (etc / "group").write_text("root:x:0:\n")
@@ -259,6 +259,7 @@ def build(
     load_modules: Sequence[str] = (),
     kubernetes_binary: Path | None = None,
     epoch: int = 0,
+    version: str = __version__,
 ) -> RootfsReport:
     """Build the whole root filesystem tree from its inputs (with the Kubernetes payload when given)."""
     if tree.exists():
@@ -278,7 +279,7 @@ def build(
     if kubernetes_binary is not None:  # before the prune: its images take files the node itself does not keep
         report.kubernetes = payload.install(tree, kubernetes_binary, tree.parent / "payload", epoch)
     report.removed = prune(tree, recipe)
-    write_skeleton(tree)
+    write_skeleton(tree, version)
     # The names the init loads in stage 2 (it resolves their dependencies from modules.dep).
     (tree / "etc/talos/modules.rootfs").write_text("".join(f"{m}\n" for m in load_modules))
     problems = policy.check_tree(tree)

@@ -29,7 +29,7 @@ from bakery.errors import BakeError
 from bakery.fetch import Fetcher, normalize
 from bakery.filesystems import make_boot_fs, make_esp, make_squashfs, splice
 from bakery.lock import Lock
-from bakery.options import BakeOptions, kernel_cmdline
+from bakery.options import BakeOptions, kernel_cmdline, os_version
 from bakery.pipeline import Step
 from bakery.progress import Progress
 from bakery.recipe import Flavour, KernelRecipe, RootfsRecipe
@@ -37,6 +37,7 @@ from bakery.stepcache import Entry, Staging
 from bakery.tools import run
 from talos_os import __version__
 from talos_os.kmod import ModuleIndex
+from talos_os.upgrade import grubenv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("pyproject.toml", "README.md", "talos_os", "platforms", "bakery")
@@ -96,7 +97,7 @@ class BakeContext:
 
     def seed(self) -> str:
         """Pins the image's GUIDs and filesystem UUIDs: the same for the same inputs, different per image."""
-        parts = [__version__, kernel_cmdline(self.opts), self.opts.disk_size, self.opts.epoch]
+        parts = [os_version(), kernel_cmdline(self.opts), self.opts.disk_size, self.opts.epoch]
         parts += [self.key(name) for name in ("kernel", "initramfs", "squashfs")]
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -193,7 +194,7 @@ class Payload:
 PAYLOADS: dict[str, Payload] = {}
 
 
-def build_project_wheel(dest: Path) -> Path:
+def build_project_wheel(dest: Path, version: str = __version__) -> Path:
     """Our own wheel, built without network (no build isolation) from a clean copy of the sources,
     so setuptools' build/ directory neither lands in the checkout nor leaks stale files into the image."""
     if not (REPO_ROOT / "pyproject.toml").exists():
@@ -207,6 +208,9 @@ def build_project_wheel(dest: Path) -> Path:
         else:
             src.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, src / name)
+    if version != __version__:  # another version string (TALOS_VERSION): the node reports it
+        init = src / "talos_os" / "__init__.py"
+        init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', f'__version__ = "{version}"'))
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(src)],
         capture_output=True, text=True, check=False,
@@ -236,6 +240,7 @@ def _rootfs_params(ctx: BakeContext) -> object:
         "python": sys.version,
         "host": _versions("pip", "setuptools", "wheel", "grpcio-tools", "protobuf"),
         "payloads": sorted(PAYLOADS),
+        "version": os_version(),
     }
 
 
@@ -250,11 +255,12 @@ def make_rootfs(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entry])
         ctx.rootfs_recipe,
         got.debs,
         got.wheels,
-        build_project_wheel(staging.work / "wheel"),
+        build_project_wheel(staging.work / "wheel", os_version()),
         kernel.out,
         kernel.meta["release"],
         kernel.meta["module_paths"],
         load_modules=kernel.meta["rootfs_load"],
+        version=os_version(),
         **extra,
     )
     for leftover in staging.out.iterdir():  # only the tree is the step's output
@@ -302,6 +308,7 @@ def _boot_params(ctx: BakeContext) -> object:
         "seed": ctx.seed(),
         "sizes": {"BOOT": parts["BOOT"].size, "EFI": parts["EFI"].size},
         "epoch": ctx.opts.epoch,
+        "version": os_version(),
     }
 
 
@@ -320,6 +327,10 @@ def make_boot(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entry]) -
     shutil.copy(inputs["initramfs"].out / "initramfs.zst", tree / "boot/A/initramfs.zst")
     (tree / "boot/grub/grub.cfg").write_text(
         bootloader.grub_cfg([("A", kernel_cmdline(opts, "A")), ("B", kernel_cmdline(opts, "B"))])
+    )
+    # GRUB's environment block: slot A is the good default (talos_os.upgrade.slots)
+    (tree / "boot/grub/grubenv").write_bytes(
+        grubenv.render({"saved_entry": "talos-A", "talos_A": f"good:{os_version()}"})
     )
     make_boot_fs(staging.out / "boot.ext4", parts["BOOT"].size, tree, boot_uuid,
                  layout.stable_uuid(seed, "BOOT-hash"), opts.epoch)  # fmt: skip
@@ -376,7 +387,8 @@ STEPS: dict[str, Step[BakeContext]] = {
         Step("squashfs", make_root_squashfs, needs=("rootfs",), params=_epoch,
              code=("bakery.steps", "bakery.filesystems"), tools=("mksquashfs",)),
         Step("boot", make_boot, needs=("kernel", "initramfs"), params=_boot_params,
-             code=("bakery.steps", "bakery.bootloader", "bakery.filesystems", "bakery.layout"), tools=GRUB_TOOLS,
+             code=("bakery.steps", "bakery.bootloader", "bakery.filesystems", "bakery.layout",
+                   "talos_os.upgrade.grubenv"), tools=GRUB_TOOLS,
              files=(bootloader.GRUB_LIB / "i386-pc", bootloader.GRUB_LIB / "x86_64-efi")),
         Step("disk", make_disk, needs=("boot", "squashfs"), params=_disk_params,
              code=("bakery.steps", "bakery.filesystems", "bakery.layout", "bakery.bootloader"), tools=("sgdisk",),

@@ -44,7 +44,7 @@ from talos_os.init.maintenance import Maintenance
 from talos_os.init.maintenance import persist as persist_config
 from talos_os.init.nocloud import kernel_mount
 from talos_os.init.nodestate import STATE_DIR, load_or_create
-from talos_os.init.services import Identity, KubernetesPlan, node_services
+from talos_os.init.services import OSD_PORT, Identity, KubernetesPlan, node_services
 from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
 from talos_os.install import image as install_image
@@ -52,6 +52,7 @@ from talos_os.install import node as install_node
 from talos_os.kubernetes import kubeadm as kubeadm_config
 from talos_os.kubernetes import node as kubernetes_node
 from talos_os.plugins import UnknownPlatformError, get
+from talos_os.upgrade.agent import DEFAULT_DEADLINE, Agent, NodeOps, node_ready
 
 WRITABLE_ETC = ("cni", "kubernetes")  # /etc/<name> is bind-mounted from /var/lib/talos/etc/<name>
 PANIC_DELAY = 60.0
@@ -80,6 +81,7 @@ class Boot:
     control: ControlServer | None = None
     requests: queue.Queue[str] = field(default_factory=queue.Queue)
     durations: dict[str, float] = field(default_factory=dict)
+    upgrade: Agent | None = None
 
     def log(self, message: str) -> None:
         self.console.log(message)
@@ -191,6 +193,26 @@ def boot_disk() -> str | None:
     except OSError:
         return None
     return f"/dev/{part.parent.name}" if (part / "partition").exists() else None
+
+
+def phase_slots(boot: Boot) -> None:
+    """A/B slots (talos_os.upgrade): which one booted, what a failed upgrade left; a slot on trial is
+    marked good once the node is ready, or the node reboots into the old slot at the deadline."""
+    boot.upgrade = Agent(
+        NodeOps(),
+        boot.cmdline.get("talos.root"),
+        __version__,
+        log=boot.log,
+        request_reboot=lambda: boot.requests.put("reboot"),
+        kube_node=lambda: boot.kubernetes.hostname if boot.kubernetes else None,
+        deadline=float(boot.cmdline.get("talos.upgrade.deadline") or DEFAULT_DEADLINE),
+    )
+    boot.upgrade.on_boot(boot.cmdline.get("talos.test"))
+    boot.upgrade.watch(
+        lambda: "services are not started yet"
+        if boot.supervisor is None
+        else node_ready(OSD_PORT, boot.kubernetes is not None)
+    )
 
 
 def phase_network(boot: Boot) -> None:
@@ -342,6 +364,8 @@ def phase_services(boot: Boot) -> None:
         shutdown=lambda: boot.requests.put("shutdown"),
         reset=lambda: boot.requests.put("reset"),
     )
+    if boot.upgrade is not None:
+        handlers |= boot.upgrade.handlers()
     handlers |= reconfigure_handlers(boot)
     boot.control = ControlServer(DEFAULT_SOCKET, handlers)
     boot.control.start()
@@ -378,6 +402,7 @@ EARLY: list[tuple[str, Callable[[Boot], None]]] = [
 ]
 CONFIGURE: list[tuple[str, Callable[[Boot], None]]] = [
     ("disks", phase_disks),
+    ("slots", phase_slots),
     ("network", phase_network),
     ("config", phase_config),
     ("apply", phase_apply),

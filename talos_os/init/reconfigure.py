@@ -192,17 +192,17 @@ def control_handlers(
 ) -> dict[str, Callable[[dict[str, Any]], Any]]:
     """The control socket's ``apply_config`` op (``data`` base64, ``mode``, ``dry_run``), for osd."""
     from talos_os.config import ConfigError, loads
-    from talos_os.init.control import ControlError
+    from talos_os.init.control import BAD_REQUEST, INVALID, ControlError
 
     def apply_config(req: dict[str, Any]) -> Any:
         try:
             data = base64.b64decode(str(req.get("data", "")), validate=True)
         except ValueError:
-            raise ControlError("apply_config: 'data' must be the config in base64") from None
+            raise ControlError("apply_config: 'data' must be the config in base64", BAD_REQUEST) from None
         try:
             new = loads(data)
         except ConfigError as err:
-            raise ControlError(str(err)) from None
+            raise ControlError(str(err), INVALID) from None
         running = current()
         if running is None:
             raise ControlError("the node has no running config to compare with")

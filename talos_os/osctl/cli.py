@@ -64,7 +64,7 @@ def _build() -> None:
     config_cmds.register(cli)
     cli.add_command(completion_cmd)
     try:
-        from talos_os.osctl import machine_cmds, node_cmds
+        from talos_os.osctl import machine_cmds, node_cmds, upgrade_cmds
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("talos_os.api.gen"):
             raise
@@ -72,6 +72,7 @@ def _build() -> None:
         cli.help = f"{inspect.cleandoc(cli.help or '')}\n\nNote: {STUBS_MISSING}."
     else:
         node_cmds.register(cli)
+        upgrade_cmds.register(cli)
         machine_cmds.register(cli)  # after node_cmds: it gives version --insecure
     cluster_cmds.register(cli)
     flags.attach(cli)

@@ -151,11 +151,17 @@ def _stream(fn: Callable[[pb_grpc.NodeStub, Target], Iterator[pb.Data]], out: Bi
 @_output_option()
 def version_cmd(output: str | None) -> None:
     """Print the client's and each node's versions."""
-    _calls, outcomes = _run(lambda s, _t: s.Version(pb.Empty(), timeout=CALL_TIMEOUT))
+    calls, outcomes = _run(lambda s, _t: s.Version(pb.Empty(), timeout=CALL_TIMEOUT))
     ok = [o for o in outcomes if o.value is not None]
     output = flags.output_format(output)
+    from talos_os.osctl import upgrade_cmds  # the A/B slots and the last failed upgrade
+
     if output != "table":
-        servers = [{"node": o.target.name, **plain(o.value)} for o in ok if o.value is not None]
+        servers = [
+            {"node": o.target.name, **plain(o.value), **upgrade_cmds.slots_record(o.target, calls)}
+            for o in ok
+            if o.value is not None
+        ]
         click.echo(render(output, [], [], {"client": {"tag": __version__, "api": "v1"}, "servers": servers}))
     else:
         click.echo(f"Client: osctl {__version__}")
@@ -168,6 +174,7 @@ def version_cmd(output: str | None) -> None:
         if rows:
             click.echo("Server:")
             click.echo(render("table", headers, rows, None))
+            upgrade_cmds.print_slots([o.target for o in ok], calls)
     _report(outcomes)
 
 

@@ -62,7 +62,12 @@ POLICY: dict[str, frozenset[str]] = {
     "Memory": ANYONE,
     "CopyOut": ADMIN,
     "Read": ANYONE,
-    # talos.os.v1.Machine (talos_os/osd/machine.py): another service's methods go by their full name
+    # talos.os.v1.Upgrade (talos_os/osd/upgrade.py): another service's methods go by their full name
+    "/talos.os.v1.Upgrade/Upload": ADMIN,
+    "/talos.os.v1.Upgrade/Install": ADMIN,
+    "/talos.os.v1.Upgrade/Rollback": ADMIN,
+    "/talos.os.v1.Upgrade/Slots": ANYONE,
+    # talos.os.v1.Machine (talos_os/osd/machine.py)
     "/talos.os.v1.Machine/ApplyConfiguration": ADMIN,
     "/talos.os.v1.Machine/Disks": ANYONE,
 }

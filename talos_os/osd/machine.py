@@ -72,13 +72,13 @@ class MachineServicer(mpb_grpc.MachineServicer):
         except (OSError, ValueError) as exc:
             abort(context, grpc.StatusCode.UNAVAILABLE, f"osd cannot reach the init's control socket: {exc}")
         if not resp.get("ok"):
-            error = str(resp.get("error", "the init refused the config"))
-            code = (
+            code = str(resp.get("code"))
+            status = (
                 grpc.StatusCode.INVALID_ARGUMENT
-                if error.startswith("config is invalid")
+                if code in (control.INVALID, control.BAD_REQUEST)
                 else grpc.StatusCode.FAILED_PRECONDITION
             )
-            abort(context, code, error)
+            abort(context, status, str(resp.get("error", "the init refused the config")))
         result = resp.get("result") or {}
         return mpb.ApplyConfigurationReply(
             message=str(result.get("message", "")),

@@ -29,6 +29,7 @@ from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
 from talos_os.init import control
 from talos_os.osd import containers, kmsg, limits, node, opener, transfer
+from talos_os.osd import upgrade as upgrade_service
 from talos_os.osd.auth import (
     AuthInterceptor,
     Authorizer,
@@ -486,6 +487,7 @@ class Osd:
         )
         self._servicer = NodeServicer(self.settings)
         pb_grpc.add_NodeServicer_to_server(self._servicer, server)
+        upgrade_service.register(server, self.settings.control_socket)
         creds = server_credentials(self.identity, self.ca_pem)
         bound = _bind(server, creds, self.address, self.port)
         if not bound:
