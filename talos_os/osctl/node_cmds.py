@@ -15,6 +15,7 @@ import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
@@ -144,6 +145,22 @@ def _stream(fn: Callable[[pb_grpc.NodeStub, Target], Iterator[pb.Data]], out: Bi
     _report(_run(pump, calls)[1])
 
 
+@dataclass(frozen=True)
+class VersionExtra:
+    """More for ``osctl version`` from another command module (upgrade_cmds: the A/B slots and the last
+    failed upgrade): keys for each node's JSON/YAML record, and lines after the table."""
+
+    record: Callable[[Target, Calls], dict[str, Any]]
+    table: Callable[[list[Target], Calls], None]
+
+
+VERSION_EXTRAS: list[VersionExtra] = []
+
+
+def _version_extras(target: Target, calls: Calls) -> dict[str, Any]:
+    return {k: v for extra in VERSION_EXTRAS for k, v in extra.record(target, calls).items()}
+
+
 # --- commands --------------------------------------------------------------------------------------
 
 
@@ -154,11 +171,9 @@ def version_cmd(output: str | None) -> None:
     calls, outcomes = _run(lambda s, _t: s.Version(pb.Empty(), timeout=CALL_TIMEOUT))
     ok = [o for o in outcomes if o.value is not None]
     output = flags.output_format(output)
-    from talos_os.osctl import upgrade_cmds  # the A/B slots and the last failed upgrade
-
     if output != "table":
         servers = [
-            {"node": o.target.name, **plain(o.value), **upgrade_cmds.slots_record(o.target, calls)}
+            {"node": o.target.name, **plain(o.value), **_version_extras(o.target, calls)}
             for o in ok
             if o.value is not None
         ]
@@ -174,7 +189,8 @@ def version_cmd(output: str | None) -> None:
         if rows:
             click.echo("Server:")
             click.echo(render("table", headers, rows, None))
-            upgrade_cmds.print_slots([o.target for o in ok], calls)
+            for extra in VERSION_EXTRAS:
+                extra.table([o.target for o in ok], calls)
     _report(outcomes)
 
 

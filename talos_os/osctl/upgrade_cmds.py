@@ -16,6 +16,7 @@ import grpc
 
 from talos_os.api.gen import upgrade_pb2 as pb
 from talos_os.api.gen import upgrade_pb2_grpc as pb_grpc
+from talos_os.osctl import node_cmds
 from talos_os.osctl.client import Calls, Target, channel, explain
 from talos_os.osctl.output import plain, render
 from talos_os.upgrade import bundle
@@ -30,8 +31,6 @@ def _stub(ch: grpc.Channel) -> Any:
 
 
 def _session() -> Calls:
-    from talos_os.osctl import node_cmds
-
     return node_cmds._session()
 
 
@@ -211,6 +210,7 @@ def print_slots(targets: list[Target], calls: Calls) -> None:
 def register(root: click.Group) -> None:
     root.add_command(upgrade_cmd)
     root.add_command(rollback_cmd)
+    node_cmds.VERSION_EXTRAS.append(node_cmds.VersionExtra(slots_record, print_slots))
 
 
 __all__ = ["print_slots", "register", "slots_record"]

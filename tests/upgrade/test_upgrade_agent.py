@@ -121,3 +121,16 @@ def test_the_fail_init_test_switch_raises_after_reconciling(tmp_path: Path) -> N
     a = _agent(FileDisk(tmp_path), "ROOT-A", "0.1.0", tmp_path, [])
     with pytest.raises(RuntimeError, match="fails on purpose"):
         a.on_boot(agent.FAIL_INIT)
+
+
+def test_every_upgrade_method_is_in_osds_policy_and_only_slots_is_open_to_readers() -> None:
+    from talos_os import pki
+    from talos_os.api.gen import upgrade_pb2
+    from talos_os.osd.auth import POLICY
+
+    methods = {
+        f"/talos.os.v1.Upgrade/{m.name}" for m in upgrade_pb2.DESCRIPTOR.services_by_name["Upgrade"].methods
+    }
+    assert methods <= set(POLICY)
+    readable = {m for m in methods if pki.ROLE_READER in POLICY[m]}
+    assert readable == {"/talos.os.v1.Upgrade/Slots"}
