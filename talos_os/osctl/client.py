@@ -1,11 +1,12 @@
 """osctl's side of the node API: targets, the mutual-TLS channel, parallel calls, readable errors.
 
 Which nodes a command goes to: ``-n/--nodes`` (else the context's nodes); with none, the first
-endpoint (``-e/--endpoints``, else the context's). Without ``-e``, each node is contacted directly
-at its own address, ``HOST[:PORT]`` with port 50000 by default (a node equal to an endpoint host uses
-that endpoint's port). With ``-e``, nodes that are not endpoints are reached through the first
-endpoint, as talosctl does: the call carries ``nodes: NODE`` in its metadata and the endpoint's osd
-(a control plane's) relays it to NODE with the caller's role (:mod:`talos_os.osd.relay`).
+endpoint (``-e/--endpoints``, else the context's). As with talosctl, a node that is not one of the
+endpoints is reached through the first endpoint: the call carries ``nodes: NODE`` in its metadata
+and the endpoint's osd (a control plane's) relays it to NODE with the caller's role
+(:mod:`talos_os.osd.relay`). A node that is an endpoint (``HOST[:PORT]``, port 50000 by default; a
+bare host equal to an endpoint's uses that endpoint's port) is contacted as itself, and without any
+endpoint the nodes are contacted directly.
 
 The server certificate is verified against the context's CA and must name the address used
 (an IP address is matched against the certificate's IP SANs). Our client certificate is checked
@@ -147,7 +148,10 @@ def relay_targets(endpoints: Sequence[str], nodes: Sequence[str]) -> list[Target
             ),
             None,
         )
-        target = same or Target(node.name, through.host, through.port, relay=node.name)
+        if same is not None:
+            target = Target(node.name, same.host, same.port)
+        else:
+            target = Target(node.name, through.host, through.port, relay=node.name)
         if target not in result:
             result.append(target)
     return result

@@ -81,8 +81,8 @@ def _session() -> Calls:
         explicit_endpoints = flags.explicit(ctx, flags.ENDPOINTS)
         endpoints = explicit_endpoints or context.endpoints
         nodes = given or context.nodes
-        if explicit_endpoints and nodes:  # -e: the nodes are reached through the endpoint (relayed)
-            targets = relay_targets(explicit_endpoints, nodes)
+        if endpoints and nodes:  # nodes that are not endpoints are relayed by the first endpoint
+            targets = relay_targets(endpoints, nodes)
         else:
             targets = resolve_targets(endpoints, nodes)
         creds = Credentials.from_context(context)

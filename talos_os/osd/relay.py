@@ -155,9 +155,9 @@ class RelayInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Placed before :class:`AuthInterceptor`: calls naming another node are authorized with the same
     policy and admission, then forwarded; everything else goes on to be served here."""
 
-    def __init__(self, auth: AuthInterceptor, relay: Relay) -> None:
+    def __init__(self, auth: AuthInterceptor, relay: Relay | None) -> None:
         self.auth = auth
-        self.relay = relay
+        self.relay = relay  # None: this osd relays nothing and refuses calls naming another node
 
     def intercept_service(
         self,
@@ -170,6 +170,10 @@ class RelayInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return _refusal(str(exc))
         if target is None:
             return continuation(details)
+        if self.relay is None:
+            return _refusal(
+                f"this osd does not relay calls to other nodes ({target}): contact that node directly"
+            )
         try:
             host, port = split_target(target, self.relay.port)
         except RelayError as exc:
@@ -184,7 +188,7 @@ class RelayInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             method = details.method
         full = details.method
         parse = handler.request_deserializer
-        relay, auth = self.relay, self.auth
+        relay, auth = self.relay, self.auth  # (relay is not None here)
 
         def unary(raw: bytes, context: grpc.ServicerContext) -> bytes:
             with (

@@ -511,8 +511,6 @@ class Osd:
     def _interceptors(self) -> list[grpc.ServerInterceptor]:
         """Authorization for every call; before it, the relay of calls naming another node."""
         auth = AuthInterceptor(Authorizer(self.ca_pem), self.admission)
-        if self.settings.relay is None:
-            return [auth]
         return [RelayInterceptor(auth, self.settings.relay), auth]
 
     def _tls12_accepted(self, port: int) -> bool:

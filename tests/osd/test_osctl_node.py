@@ -240,12 +240,12 @@ def test_cp_extracts_only_safe_members(tmp_path: Path) -> None:
 
 
 def test_several_nodes_in_parallel(admin_config: Path, node: Node, second: Node) -> None:
-    nodes = f"{node.address},{second.address}"
-    r = osctl(admin_config, "-n", nodes, "services")
+    nodes = f"{node.address},{second.address}"  # both endpoints: each contacted as itself, not relayed
+    r = osctl(admin_config, "-e", nodes, "-n", nodes, "services")
     rows = table(r.output)
     assert r.exit_code == 0 and rows[0][0] == "NODE"
     assert {row[0] for row in rows[1:]} == {node.address, second.address}
-    logs = osctl(admin_config, "-n", nodes, "logs", "once").output.splitlines()
+    logs = osctl(admin_config, "-e", nodes, "-n", nodes, "logs", "once").output.splitlines()
     assert sorted(logs) == sorted([f"{node.address}: once done", f"{second.address}: once done"])
 
 
@@ -253,7 +253,8 @@ def test_unreachable_node_fails_the_command_but_not_the_others(admin_config: Pat
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    r = osctl(admin_config, "-n", f"{node.address},{dead}", "version")
+    both = f"{node.address},{dead}"
+    r = osctl(admin_config, "-e", both, "-n", both, "version")
     assert r.exit_code == 1
     assert node.address in r.output  # the live node still answered
     assert (

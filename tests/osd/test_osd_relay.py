@@ -85,6 +85,12 @@ def test_workers_cannot_relay(cluster: Cluster, node: Node) -> None:
         osd.stop(grace=0)
 
 
+def test_an_osd_without_a_relay_refuses_calls_naming_another_node(cluster: Cluster, node: Node) -> None:
+    with connect(node, cluster.client()) as stub:
+        err = rpc_error(lambda: stub.Version(pb.Empty(), metadata=(("nodes", "10.5.0.9"),), timeout=T))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "does not relay" in err.details()
+
+
 def test_unreachable_and_malformed_targets(cluster: Cluster, front: Osd) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -108,6 +114,9 @@ def test_osctl_relays_through_the_endpoint(cluster: Cluster, node: Node, front: 
     assert f'"node": "{node.address}"' in r.output and '"ticker"' in r.output
     r = runner.invoke(osctl, [*args, "logs", "once"])
     assert r.exit_code == 0 and "once done" in r.output
+    # The context's endpoint relays too (talosctl's way): no -e needed.
+    r = runner.invoke(osctl, ["--talosconfig", str(tc), "-n", node.address, "services", "-o", "json"])
+    assert r.exit_code == 0 and '"ticker"' in r.output, r.output
 
 
 def test_pure_parts() -> None:
