@@ -10,7 +10,7 @@ from pathlib import Path
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
 from bakery.lockguard import guarded
-from tools import bench_aws, bench_bake, bench_cluster, bench_kubernetes, bench_node, bench_osd
+from tools import bench_aws, bench_bake, bench_cluster, bench_kubernetes, bench_node, bench_osd, bench_upgrade
 
 OUT = Path("_build/bench")
 
@@ -45,6 +45,7 @@ def main() -> int:
             stage1 = next((ln for ln in vm.lines if "stage1: root" in ln), "")
         print(f"boot to banner ({accel}, {firmware}): {seconds:.1f} s from QEMU start  [{stage1.strip()}]")
     bench_node.report_node(image)
+    bench_upgrade.report(image)
     bench_node.report_libvirt(image)
     bench_kubernetes.report_sizes(image)
     bench_kubernetes.report_build(json.loads(image.manifest.read_text())["source_date_epoch"])

@@ -7,6 +7,7 @@ with the step cache that makes the second bake cheap).
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from bakery.image import BakeOptions, BakeResult, bake
+from bakery.lockguard import guarded
 from talos_os import __version__
 from talos_os.config.generate import generate
 from tools.nodevm import copy_disk, free_port, with_hostname
@@ -27,14 +29,21 @@ NEXT = f"{__version__}.1-bench"
 def next_bundle(out: Path) -> Path:
     os.environ["TALOS_VERSION"] = NEXT
     try:
-        result = bake(BakeOptions(platform="kvm", out=out, quiet=True), ("upgrade",))
+        bake_bundle = functools.partial(bake, formats=("upgrade",))
+        result, _moved = guarded(
+            bake_bundle, BakeOptions(platform="kvm", out=out, quiet=True), update_lock=False, say=print
+        )
     finally:
         del os.environ["TALOS_VERSION"]
     return result.converted["upgrade"]
 
 
 def report(image: BakeResult | None = None) -> None:
-    image = image or bake(BakeOptions(platform="kvm", out=OUT / "image", quiet=True))
+    if image is None:
+        image, _moved = guarded(
+            bake, BakeOptions(platform="kvm", out=OUT / "image", quiet=True), update_lock=False, say=print
+        )
+    assert image is not None
     started = time.monotonic()
     bundle = next_bundle(OUT / "next")
     print(

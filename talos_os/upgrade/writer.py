@@ -53,7 +53,14 @@ def read_env(ops: SlotOps) -> dict[str, str]:
 
 
 def update_env(ops: SlotOps, change: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
-    """Read, change and rewrite grubenv in place (BOOT mounted read-write for just this)."""
+    """Read grubenv, and rewrite it in place when ``change`` changes it (BOOT is mounted read-write
+    only then: a boot that changes nothing writes nothing to BOOT). ``change`` must be a pure
+    function of the environment it is given (it may run twice)."""
+    with ops.boot(False) as root:
+        path = root / GRUBENV
+        env = grubenv.read(path) if path.exists() else {}
+    if change(env) == env:
+        return env
     with ops.boot(True) as root:
         path = root / GRUBENV
         env = grubenv.read(path) if path.exists() else {}
