@@ -32,6 +32,9 @@ from talos_os.cluster.state import ClusterError
 
 CLONE_NEWNET = 0x40000000
 CONNECT_TIMEOUT = 10.0
+# asyncio keeps only weak references to tasks, and a server-side stream only a weak one to its
+# reader: without a strong reference a connection's relay is garbage-collected mid-way.
+_LIVE: set[asyncio.Task[None]] = set()
 
 
 def setns(fd: int) -> None:
@@ -95,6 +98,10 @@ async def _relay(
     writer: asyncio.StreamWriter,
     namespace: tuple[int, int] | None = None,
 ) -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        _LIVE.add(task)
+        task.add_done_callback(_LIVE.discard)
     try:
         sock = await asyncio.wait_for(_connect(host, port, namespace), CONNECT_TIMEOUT)
         up_reader, up_writer = await asyncio.open_connection(sock=sock)

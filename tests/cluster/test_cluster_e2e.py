@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from bakery.image import BakeResult
 from talos_os import pki, talosconfig
 from talos_os.cluster import health, netns
 from talos_os.cluster.state import ClusterState
-from tools.localcluster import HELLO, LocalCluster, json_of
+from tools.localcluster import HELLO, OSCTL, LocalCluster, json_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(5400)]
 
@@ -66,6 +68,32 @@ def needs_healthy() -> None:
         pytest.fail(
             f"the cluster never became healthy, so this cannot be checked: {_healthy.get('why', 'not run')}"
         )
+
+
+def test_ctrl_c_during_create_cleans_up_like_destroy(baked_image: BakeResult, tmp_path: Path) -> None:
+    """Interrupted while it waits for health, create removes VMs, forwarder, dnsmasq, namespace, files, context."""
+    name = f"int-{os.getpid()}"
+    root, tc = tmp_path / "clusters", tmp_path / "talosconfig"
+    proc = subprocess.Popen(
+        [str(OSCTL), "--talosconfig", str(tc), "cluster", "create", "--name", name, "--workers", "0",
+         "--image", str(baked_image.raw), "--state", str(root), "--memory", "1024"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("context "):  # the VM runs and the context is merged: now wait for health
+            break
+    state = ClusterState.load(root / name)
+    qemu_pid = int((state.node_dir(state.nodes[0]) / "qemu.pid").read_text())
+    assert Path(f"/proc/{qemu_pid}").exists() and netns.exists(state.netns)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(120) == 130, "".join(lines) + rest
+    assert "interrupted: the cluster was removed" in rest and "Traceback" not in rest
+    assert not Path(f"/proc/{qemu_pid}").exists() and not netns.exists(state.netns)
+    assert not (root / name).exists() and name not in talosconfig.load(tc).contexts
 
 
 def test_create_shows_the_nodes_and_merges_a_context(cluster: LocalCluster) -> None:
