@@ -29,6 +29,9 @@ STAGING = Path("/var/lib/talos/upgrade")
 BOOT_MOUNT = Path("/run/talos/boot")
 DEFAULT_DEADLINE = 900.0  # seconds a slot on trial has to become ready (talos.upgrade.deadline=)
 KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
+KUBELET_CONFIG = Path(
+    "/var/lib/kubelet/config.yaml"
+)  # written by kubeadm when the node joined or bootstrapped
 REBOOT_GRACE = 2.0  # seconds between "done" and the reboot: osd reads the last status first
 FAIL_INIT = "fail-init"  # talos.test=fail-init: an init that fails on purpose (upgrade tests)
 FORCE_AFTER = 120.0  # seconds after a reboot request the trial forces one (the init may be stuck in a phase)
@@ -315,9 +318,15 @@ class Agent:
             self.request_reboot()
 
     def _drain(self, node: str) -> None:
-        api = drain.Api.from_kubeconfig()
-        writer.update_env(self.ops, lambda e: {**e, "talos_cordoned": "1"})
+        """Cordon and drain with the node's admin credentials; without them (a worker, or a node not yet
+        bootstrapped) there is nothing this node may evict, and it reboots undrained."""
+        kubeconfig = drain.ADMIN_KUBECONFIG
+        if not kubeconfig.exists():
+            self.log(f"upgrade: no {kubeconfig} on this node: rebooting without a drain")
+            return
         try:
+            api = drain.Api.from_kubeconfig(kubeconfig)
+            writer.update_env(self.ops, lambda e: {**e, "talos_cordoned": "1"})
             drain.drain(api, node, log=self.log)
         except drain.KubeError as exc:  # the node reboots anyway: a drain is a courtesy to the pods
             self.log(f"upgrade: drain: {exc}; rebooting anyway")
@@ -342,14 +351,19 @@ class Agent:
         return f"slot {st.slot} ({st.version}) is the default now; rebooting into it"
 
 
-def node_ready(osd_port: int, kubernetes: bool, timeout: float = 3.0) -> str | None:
-    """None when the node is ready (osd answers; with Kubernetes, the kubelet is healthy), else why not."""
+def node_ready(
+    osd_port: int, kubernetes: bool, timeout: float = 3.0, kubelet_config: Path = KUBELET_CONFIG
+) -> str | None:
+    """None when the node is ready (osd answers; with Kubernetes, the kubelet is healthy), else why not.
+
+    The kubelet counts once it has run on this node (its config is on /var): a node that has not
+    joined its cluster yet cannot be asked to be healthy there, as it was not before the upgrade."""
     try:
         with socket.create_connection(("127.0.0.1", osd_port), timeout=timeout):
             pass
     except OSError as exc:
         return f"osd does not answer on port {osd_port}: {exc.strerror or exc}"
-    if kubernetes:
+    if kubernetes and kubelet_config.exists():
         try:
             with urllib.request.urlopen(KUBELET_HEALTHZ, timeout=timeout) as resp:
                 if resp.status != 200:

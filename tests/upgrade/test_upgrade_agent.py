@@ -134,3 +134,65 @@ def test_every_upgrade_method_is_in_osds_policy_and_only_slots_is_open_to_reader
     assert methods <= set(POLICY)
     readable = {m for m in methods if pki.ROLE_READER in POLICY[m]}
     assert readable == {"/talos.os.v1.Upgrade/Slots"}
+
+
+def test_readiness_is_osd_answering_and_the_kubelet_once_it_has_run(tmp_path: Path) -> None:
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        config = tmp_path / "kubelet-config.yaml"
+        assert agent.node_ready(port, kubernetes=True, kubelet_config=config) is None, (
+            "kubelet never ran here"
+        )
+        config.write_text("kind: KubeletConfiguration\n")
+        why = agent.node_ready(port, kubernetes=True, kubelet_config=config, timeout=1)
+        assert why is not None and "kubelet" in why
+
+    class Healthz(BaseHTTPRequestHandler):
+        def log_message(self, *_a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    closed = free.getsockname()[1]
+    free.close()
+    assert "osd does not answer" in (agent.node_ready(closed, kubernetes=False) or "")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Healthz)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        import unittest.mock
+
+        url = f"http://127.0.0.1:{server.server_address[1]}/healthz"
+        with unittest.mock.patch.object(agent, "KUBELET_HEALTHZ", url):
+            assert agent.node_ready(server.server_address[1], kubernetes=True, kubelet_config=config) is None
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_upgrade_without_admin_credentials_reboots_undrained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent, "REBOOT_GRACE", 0.0)
+    disk, reboots = FileDisk(tmp_path), list[str]()
+    a = _agent(disk, "ROOT-A", "0.1.0", tmp_path, reboots, kube_node=lambda: "node-1")
+    a.on_boot()
+    lines: list[str] = []
+    a.log = lines.append
+    monkeypatch.setattr(agent.drain, "ADMIN_KUBECONFIG", tmp_path / "absent.conf")
+    staged = a.staging / "install-3.bundle"
+    staged.write_bytes(make_bundle(tmp_path, "0.2.0").read_bytes())
+    a.start_install({"path": str(staged)})
+    job = _wait(a.job)
+    assert not job.error and reboots == ["reboot"], job.error
+    assert any("without a drain" in line for line in lines)
