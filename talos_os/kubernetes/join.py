@@ -5,9 +5,15 @@
   is written to /etc/kubernetes/pki first, so kubeadm needs no certificate key and adds this node
   as an etcd member. The API server's audit policy, encryption config and probe patches are the
   init node's, from the same config.
-- Workers join with the bootstrap token of their config; discovery pins the cluster CA by the
-  hash of its public key (``--discovery-token-ca-cert-hash``), computed from cluster.ca.crt. Their
-  kubelet serving certificate came from trustd (the ``identity`` service).
+- Workers join with the bootstrap token of their config. Their kubelet serving certificate came
+  from trustd (the ``identity`` service).
+
+Discovery is kubeadm's file discovery, not token discovery: token discovery reads the cluster-info
+ConfigMap anonymously, and the API server runs with ``--anonymous-auth=false`` (CIS 1.2.1), so it
+would get 401 forever. The discovery kubeconfig written here names the control-plane endpoint,
+pins the whole cluster CA certificate of the config (stronger than the CA hash, which is logged),
+and authenticates with the bootstrap token: kubeadm's cluster-info read is then refused with 403,
+which it accepts as "the TLS certificate is valid, proceed".
 
 Joined before (the stamp on /var exists): nothing to do, the kubelet restarts with the kubeconfig it
 has. A join that did not finish left files kubeadm's preflight refuses: it runs again over them with
@@ -26,6 +32,7 @@ from pathlib import Path, PurePosixPath
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from talos_os import pki
 from talos_os.config import MachineConfig, MachineType, load
 from talos_os.config.model import CertAndKey
 from talos_os.kubernetes import kubeadm
@@ -33,6 +40,7 @@ from talos_os.kubernetes.node import write_files
 
 STAMP = Path("/var/lib/talos/kubernetes/joined")
 JOIN_CONFIG = PurePosixPath("/etc/kubernetes/kubeadm-join.yaml")
+DISCOVERY_KUBECONFIG = PurePosixPath("/etc/kubernetes/discovery.conf")
 KUBEADM = "/usr/bin/kubeadm"
 LEFTOVERS = (
     Path("/etc/kubernetes/kubelet.conf"),
@@ -64,11 +72,7 @@ def join_config(cfg: MachineConfig, node: kubeadm.NodeFacts) -> str:
         "apiVersion": "kubeadm.k8s.io/v1beta4",
         "kind": "JoinConfiguration",
         "discovery": {
-            "bootstrapToken": {
-                "apiServerEndpoint": api_server_endpoint(cfg),
-                "token": cfg.cluster.token,
-                "caCertHashes": [ca_cert_hash(cfg.cluster.ca)],
-            },
+            "file": {"kubeConfigPath": str(DISCOVERY_KUBECONFIG)},
             "tlsBootstrapToken": cfg.cluster.token,
         },
         "nodeRegistration": {
@@ -87,12 +91,35 @@ def join_config(cfg: MachineConfig, node: kubeadm.NodeFacts) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
+def discovery_kubeconfig(cfg: MachineConfig) -> str:
+    """The control-plane endpoint, the cluster CA certificate and the bootstrap token."""
+    name = cfg.cluster.name
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": name,
+                "cluster": {
+                    "server": f"https://{api_server_endpoint(cfg)}",
+                    "certificate-authority-data": pki.b64encode(cfg.cluster.ca.crt_pem),
+                },
+            }
+        ],
+        "users": [{"name": "tls-bootstrap-token-user", "user": {"token": cfg.cluster.token}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": "tls-bootstrap-token-user"}}],
+        "current-context": name,
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
 def join_files(cfg: MachineConfig, node: kubeadm.NodeFacts) -> list[kubeadm.File]:
-    """What kubeadm join reads: a control plane's shared CA material and API server files, and the
-    JoinConfiguration (0600: it holds the bootstrap token)."""
+    """What kubeadm join reads: a control plane's shared CA material and API server files, the
+    discovery kubeconfig and the JoinConfiguration (both 0600: they hold the bootstrap token)."""
     files: list[kubeadm.File] = []
     if cfg.machine.type is MachineType.CONTROLPLANE:
         files += [f for f in kubeadm.control_plane_files(cfg, node) if f.path != kubeadm.CONFIG_PATH]
+    files.append(kubeadm.File(DISCOVERY_KUBECONFIG, discovery_kubeconfig(cfg).encode(), 0o600))
     files.append(kubeadm.File(JOIN_CONFIG, join_config(cfg, node).encode(), 0o600))
     return files
 

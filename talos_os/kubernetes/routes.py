@@ -2,14 +2,19 @@
 
 Every node's pods live on its own bridge (``cni0``) in the pod range the controller manager gave
 it. Nodes on one network reach each other's pods by plain routes: this service lists the Nodes
-(with the kubelet's credentials: the Node authorizer lets a node read Nodes) and keeps one route
+with the kubelet's credentials and keeps one route
 per other node, ``<its podCIDR> via <its InternalIP>``, marked with our own routing protocol number
 so only routes we made are ever replaced or removed. It also keeps one NAT rule, before the bridge
 plugin's masquerade: traffic from a pod to another pod is never masqueraded, so pods see each
 other's addresses (traffic leaving the pod ranges still is).
 
+The Node authorizer lets a kubelet read only its own Node (AuthorizeNodeWithSelectors), so on
+control planes this service also makes sure of a ClusterRole that lets the group ``system:nodes``
+get, list and watch Nodes (what every node could read before that feature), with the admin
+kubeconfig kubeadm wrote; until it exists a worker's list is refused and retried.
+
 The decisions (:func:`desired`, :func:`diff`, :func:`masquerade_exemptions`) are pure and tested
-on the host; netlink (pyroute2) and iptables are thin effects around them.
+on the host; netlink (pyroute2), iptables and the API are thin effects around them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +40,7 @@ from talos_os.kubernetes.podcidr import KUBECONFIG, Credentials, read_kubeconfig
 
 PROTO = 193  # routing protocol number marking our routes (``ip route show proto 193``)
 POLL = 10.0
+ADMIN_KUBECONFIG = Path("/etc/kubernetes/admin.conf")
 IPTABLES = {4: "/usr/sbin/iptables", 6: "/usr/sbin/ip6tables"}
 COMMENT = "talos: pod to pod is not masqueraded"
 
@@ -98,17 +105,63 @@ def masquerade_exemptions(cluster_pod_subnets: Sequence[str]) -> list[tuple[int,
     return rules
 
 
+NODE_READER = "talos:node-reader"
+
+
+def rbac_objects() -> list[tuple[str, dict[str, Any]]]:
+    """(API path, object) of the ClusterRole and ClusterRoleBinding that let nodes list Nodes."""
+    meta = {"name": NODE_READER, "labels": {"app.kubernetes.io/managed-by": "talos-os"}}
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": meta,
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": meta,
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": NODE_READER},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}],
+    }
+    base = "/apis/rbac.authorization.k8s.io/v1"
+    return [(f"{base}/clusterroles", role), (f"{base}/clusterrolebindings", binding)]
+
+
 # --- effects ---------------------------------------------------------------------------------------
 
 
-def list_nodes(creds: Credentials, timeout: float = 20.0) -> list[dict[str, Any]]:
-    """Every Node object, read with the kubelet's client certificate."""
+def _context(creds: Credentials) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=creds.ca.decode())
     with tempfile.TemporaryDirectory(prefix="talos-routes-") as tmp:
         cert, key = Path(tmp, "cert.pem"), Path(tmp, "key.pem")
         pki.write_secret(cert, creds.cert)
         pki.write_secret(key, creds.key)
         context.load_cert_chain(cert, key)
+    return context
+
+
+def ensure_rbac(admin: Credentials, timeout: float = 20.0) -> None:
+    """Create the node reader role and binding; one that exists already (409) is fine."""
+    context = _context(admin)
+    for path, obj in rbac_objects():
+        request = urllib.request.Request(
+            f"{admin.server}{path}",
+            data=json.dumps(obj).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=timeout):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code != 409:
+                raise
+
+
+def list_nodes(creds: Credentials, timeout: float = 20.0) -> list[dict[str, Any]]:
+    """Every Node object, read with the kubelet's client certificate."""
+    context = _context(creds)
     with urllib.request.urlopen(f"{creds.server}/api/v1/nodes", context=context, timeout=timeout) as resp:
         return list(json.load(resp).get("items") or [])
 
@@ -173,11 +226,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", required=True)
     parser.add_argument("--pod-subnet", action="append", default=[], help="the cluster's pod ranges")
     parser.add_argument("--kubeconfig", type=Path, default=KUBECONFIG)
+    parser.add_argument("--admin-kubeconfig", type=Path, default=ADMIN_KUBECONFIG)
     args = parser.parse_args(argv)
     netlink = Netlink()
     exempted = False
+    granted = False
     last = ""
     while True:
+        if not granted and args.admin_kubeconfig.exists():  # a control plane
+            try:
+                ensure_rbac(read_kubeconfig(args.admin_kubeconfig))
+                granted = True
+                say(f"nodes may list Nodes (ClusterRole {NODE_READER} bound to system:nodes)")
+            except (OSError, ValueError, KeyError, ssl.SSLError) as exc:
+                say(f"cannot grant nodes the Node list yet: {exc}")
         if not exempted:
             try:
                 for version, spec in masquerade_exemptions(args.pod_subnet):

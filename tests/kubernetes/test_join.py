@@ -3,6 +3,7 @@ discovery hash, the services of each role, the idempotent join, and the routes b
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import stat
@@ -47,19 +48,25 @@ def test_worker_join_configuration(configs: dict[str, MachineConfig]) -> None:
     cfg = configs["worker"]
     doc = yaml.safe_load(join.join_config(cfg, FACTS))
     assert doc["kind"] == "JoinConfiguration" and doc["apiVersion"] == "kubeadm.k8s.io/v1beta4"
-    token = doc["discovery"]["bootstrapToken"]
-    assert token == {
-        "apiServerEndpoint": "10.5.0.2:6443",
-        "token": cfg.cluster.token,
-        "caCertHashes": [join.ca_cert_hash(cfg.cluster.ca)],
+    # File discovery: token discovery reads cluster-info anonymously, which anonymous-auth=false refuses.
+    assert doc["discovery"] == {
+        "file": {"kubeConfigPath": "/etc/kubernetes/discovery.conf"},
+        "tlsBootstrapToken": cfg.cluster.token,
     }
-    assert doc["discovery"]["tlsBootstrapToken"] == cfg.cluster.token
+    discovery = yaml.safe_load(join.discovery_kubeconfig(cfg))
+    cluster = discovery["clusters"][0]["cluster"]
+    assert cluster["server"] == "https://10.5.0.2:6443"
+    assert base64.b64decode(cluster["certificate-authority-data"]) == cfg.cluster.ca.crt_pem
+    assert discovery["users"][0]["user"] == {"token": cfg.cluster.token}
     reg = doc["nodeRegistration"]
     assert reg["name"] == "worker-1" and reg["criSocket"] == kubeadm.CRI_SOCKET
     assert reg["kubeletExtraArgs"] == [{"name": "node-ip", "value": "10.5.0.3"}]
     assert "controlPlane" not in doc and doc["timeouts"]["tlsBootstrap"] == "10m0s"
     files = join.join_files(cfg, FACTS)
-    assert [(str(f.path), f.mode) for f in files] == [("/etc/kubernetes/kubeadm-join.yaml", 0o600)]
+    assert [(str(f.path), f.mode) for f in files] == [
+        ("/etc/kubernetes/discovery.conf", 0o600),
+        ("/etc/kubernetes/kubeadm-join.yaml", 0o600),
+    ]
     assert join.join_argv(cfg, retry=False) == [
         "/usr/bin/kubeadm",
         "join",
@@ -192,3 +199,13 @@ def test_pod_to_pod_is_exempt_from_masquerading() -> None:
     assert calls[0][1:6] == ["-w", "-t", "nat", "-C", "POSTROUTING"]
     assert calls[1][1:7] == ["-w", "-t", "nat", "-I", "POSTROUTING", "1"]
     assert not routes.ensure_exemption(4, rules[0][1], lambda argv: calls.append(argv) or next(codes))
+
+
+def test_nodes_are_granted_the_node_list() -> None:
+    (role_path, role), (binding_path, binding) = routes.rbac_objects()
+    assert role_path.endswith("/clusterroles") and binding_path.endswith("/clusterrolebindings")
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
+    ]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] == routes.NODE_READER
