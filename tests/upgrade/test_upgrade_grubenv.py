@@ -59,3 +59,50 @@ def test_grub_editenv_reads_what_we_write_and_we_read_what_it_writes(tmp_path: P
     subprocess.run(["grub-editenv", path, "set", "next_entry=talos-A"], check=True)
     assert grubenv.read(path)["next_entry"] == "talos-A"
     assert os.path.getsize(path) == 1024
+
+
+GRUB_PYTHON = Path("/usr/lib/xen-4.17/lib/python")
+
+
+def _cfg() -> str:
+    from bakery import bootloader
+
+    return bootloader.grub_cfg([("A", "talos.root=ROOT-A"), ("B", "talos.root=ROOT-B")])
+
+
+def test_the_menu_boots_saved_entry_and_next_entry_once() -> None:
+    cfg = _cfg()
+    assert cfg.startswith("load_env\nset default=talos-A\n")
+    once = cfg.index('if [ -n "${next_entry}" ]; then')
+    assert cfg.index("    set next_entry=\n", once) < cfg.index("    save_env next_entry\n", once)
+    assert 'menuentry "talos-os B" --id talos-B {' in cfg
+    assert "linux /boot/B/vmlinuz talos.root=ROOT-B panic=10 $talos_B_args" in cfg
+
+
+@pytest.mark.skipif(
+    shutil.which("grub-script-check") is None, reason="grub-script-check (grub-common) is not installed"
+)
+def test_grub_accepts_the_menu_script(tmp_path: Path) -> None:
+    path = tmp_path / "grub.cfg"
+    path.write_text(_cfg())
+    subprocess.run(["grub-script-check", str(path)], check=True)
+
+
+@pytest.mark.skipif(
+    not (GRUB_PYTHON / "grub" / "GrubConf.py").exists(), reason="Xen's pygrub is not installed"
+)
+def test_pygrub_still_reads_the_menu(tmp_path: Path) -> None:
+    path = tmp_path / "grub.cfg"
+    path.write_text(_cfg())
+    script = (
+        "import sys; from grub.GrubConf import Grub2ConfigFile as G; c = G(sys.argv[1]); "
+        "print(c.default); [print(i.title, i.kernel[1], i.initrd[1], i.args) for i in c.images]"
+    )
+    env = {**os.environ, "PYTHONPATH": str(GRUB_PYTHON)}
+    out = subprocess.run(
+        ["python3", "-c", script, str(path)], capture_output=True, text=True, env=env, check=True
+    )
+    lines = out.stdout.splitlines()
+    assert lines[0] == "0"
+    assert lines[1].startswith("talos-os A /boot/A/vmlinuz /boot/A/initramfs.zst talos.root=ROOT-A panic=10")
+    assert lines[2].startswith("talos-os B /boot/B/vmlinuz /boot/B/initramfs.zst talos.root=ROOT-B")
