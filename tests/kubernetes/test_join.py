@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -209,3 +210,53 @@ def test_nodes_are_granted_the_node_list() -> None:
         {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:nodes"}
     ]
     assert binding["roleRef"]["name"] == role["metadata"]["name"] == routes.NODE_READER
+
+
+NETLINK_SCRIPT = """
+import json, sys
+from pyroute2 import IPRoute
+from talos_os.kubernetes import routes
+with IPRoute() as ipr:
+    ipr.link("add", ifname="eth0", kind="veth", peer="peer0")  # no dummy module everywhere
+    ipr.link("set", index=ipr.link_lookup(ifname="peer0")[0], state="up")
+    idx = ipr.link_lookup(ifname="eth0")[0]
+    ipr.addr("add", index=idx, address="10.9.0.1", prefixlen=24)
+    ipr.link("set", index=idx, state="up")
+    ipr.route("add", dst="10.200.0.0/24", gateway="10.9.0.7")  # not ours: never touched
+nl = routes.Netlink()
+seen = []
+nodes = [
+    {"metadata": {"name": "a"}, "spec": {"podCIDRs": ["10.244.1.0/24"]},
+     "status": {"addresses": [{"type": "InternalIP", "address": "10.9.0.2"}]}},
+    {"metadata": {"name": "b"}, "spec": {"podCIDRs": ["10.244.2.0/24"]},
+     "status": {"addresses": [{"type": "InternalIP", "address": "10.9.0.3"}]}},
+]
+seen.append([r.cidr for r in routes.sync_once("me", nodes, nl)[0]])
+seen.append(nl.current())
+nodes[1]["status"]["addresses"][0]["address"] = "10.9.0.4"  # b moved
+seen.append([r.gateway for r in routes.sync_once("me", nodes[1:], nl)[0]])  # and a is gone
+seen.append(nl.current())
+with IPRoute() as ipr:
+    seen.append(sorted(str(r.get_attr("RTA_DST")) for r in ipr.get_routes(family=2) if r.get_attr("RTA_DST")))
+print(json.dumps(seen))
+"""
+
+
+def test_routes_for_real_in_a_network_namespace_of_our_own() -> None:
+    """pyroute2 against a real kernel, in a throwaway namespace (unshare -n): only our routes change."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a network namespace")
+    import sys
+
+    out = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", NETLINK_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout
+    added, first, moved, second, table = json.loads(out)
+    assert added == ["10.244.1.0/24", "10.244.2.0/24"]
+    assert first == {"10.244.1.0/24": "10.9.0.2", "10.244.2.0/24": "10.9.0.3"}
+    assert moved == ["10.9.0.4"] and second == {"10.244.2.0/24": "10.9.0.4"}
+    assert "10.200.0.0" in table and "10.244.1.0" not in table
