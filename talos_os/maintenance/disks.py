@@ -15,6 +15,7 @@ from pathlib import Path
 from talos_os.install import disk as install_disk
 
 SKIP_PREFIXES = ("loop", "ram", "zram", "dm-", "md")
+OPTICAL = ("sr",)  # CD/DVD drives: listed, never suggested for install.disk
 SYSTEM = install_disk.System()  # the kernel's real views
 
 

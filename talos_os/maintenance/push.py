@@ -59,7 +59,8 @@ def check_push(
         )
     assert install is not None
     if not os.path.exists(disk):
-        names = [d.path for d in disks.list_disks(sys_root, probe=False) if d.size]
+        found = disks.list_disks(sys_root, probe=False)
+        names = [d.path for d in found if d.size and not d.read_only and not d.name.startswith(disks.OPTICAL)]
         choice = f"choose one of {', '.join(names)}" if names else "this node has no disk"
         raise PushError(f"machine.install.disk: {disk} does not exist on this node: {choice} ({LIST_HINT})")
     try:

@@ -234,3 +234,23 @@ def test_console_lines_say_how_to_continue() -> None:
         f"osctl apply-config --insecure -n 10.0.2.15 --file CONFIG.yaml --cert-fingerprint {'ab' * 32}"
         in lines[-1]
     )
+
+
+def test_the_iso_menu_boots_an_installed_disk_first() -> None:
+    import struct
+    import uuid
+
+    from bakery import iso
+
+    fs_uuid = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
+    superblock = bytearray(1024)
+    struct.pack_into("<H", superblock, 0x38, 0xEF53)
+    superblock[0x68:0x78] = fs_uuid.bytes
+    assert iso.boot_fs_uuid(bytes(superblock)) == str(fs_uuid)
+    assert iso.boot_fs_uuid(bytes(1024)) is None
+    entry = iso.installed_entry(str(fs_uuid))
+    assert f"search --no-floppy --fs-uuid --set=installed {fs_uuid}" in entry
+    assert (
+        'set default="talos-os (installed disk)"' in entry
+        and "configfile ($root)/boot/grub/grub.cfg" in entry
+    )
