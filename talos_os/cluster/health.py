@@ -165,8 +165,10 @@ class Cluster:
 
 def _why(exc: BaseException) -> str:
     details = getattr(exc, "details", None)
-    text = details() if callable(details) else str(exc)
-    return (text or type(exc).__name__).strip().splitlines()[0][:200]
+    text = (details() if callable(details) else str(exc)) or type(exc).__name__
+    if "EOF occurred in violation of protocol" in text or "Socket closed" in text:
+        return "the forward's connection closed: nothing listens there yet"
+    return text.strip().splitlines()[0][:200]
 
 
 def check_osd(c: Cluster) -> Check:
