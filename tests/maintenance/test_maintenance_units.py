@@ -254,3 +254,34 @@ def test_the_iso_menu_boots_an_installed_disk_first() -> None:
         'set default="talos-os (installed disk)"' in entry
         and "configfile ($root)/boot/grub/grub.cfg" in entry
     )
+
+
+def test_install_disk_checks_name_the_fix(tmp_path: Path) -> None:
+    from talos_os.install import disk as install_disk
+
+    system = install_disk.System(
+        mountinfo=tmp_path / "mountinfo", swaps=tmp_path / "swaps", sys=tmp_path / "sys"
+    )
+    system.mountinfo.write_text("")
+    hint = {
+        "force_hint": "set machine.install.wipe: true to overwrite it",
+        "smaller_hint": "choose a larger disk",
+    }
+    used = tmp_path / "used.raw"
+    with open(used, "wb") as f:
+        f.truncate(8 * MiB)
+        f.seek(512)
+        f.write(b"EFI PART")
+    target = install_disk.inspect_target(used)
+    with pytest.raises(
+        install_disk.InstallError, match=r"holds a GPT partition table; set machine.install.wipe: true"
+    ):
+        install_disk.check(target, 4 * MiB, False, system, **hint)
+    assert install_disk.check(target, 4 * MiB, True, system, **hint) == ["a GPT partition table"]
+    with pytest.raises(
+        install_disk.InstallError, match=r"has 8 MiB but the image needs 16 MiB: choose a larger disk"
+    ):
+        install_disk.check(target, 16 * MiB, True, system, **hint)
+    system.mountinfo.write_text(f"36 25 0:99 / /mnt rw - ext4 {used} rw\n")
+    with pytest.raises(install_disk.InstallError, match=r"is mounted on /mnt; unmount or release it first"):
+        install_disk.check(target, 4 * MiB, True, system, **hint)
