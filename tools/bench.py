@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import tools.bench_boot as bench_boot
 from bakery import qemu
 from bakery.image import BakeOptions, bake, to_qcow2
 from bakery.lockguard import guarded
@@ -44,6 +45,7 @@ def main() -> int:
             _m, seconds = vm.wait_for(qemu.BANNER, 300)
             stage1 = next((ln for ln in vm.lines if "stage1: root" in ln), "")
         print(f"boot to banner ({accel}, {firmware}): {seconds:.1f} s from QEMU start  [{stage1.strip()}]")
+    bench_boot.report(image.raw)  # QEMU start to osctl version, stage by stage, SeaBIOS and OVMF
     bench_node.report_node(image)
     bench_upgrade.report(image)
     bench_node.report_libvirt(image)

@@ -1,0 +1,239 @@
+"""`make bench`: QEMU start to `osctl version` answered, stage by stage, under SeaBIOS and OVMF.
+
+The image boots as a user boots it: firmware, GRUB from the disk, kernel, stage 1 (initramfs), stage
+2 (the init's phases), osd. The machine config comes through QEMU's fw_cfg (the kvm platform's
+second source), osd's port is forwarded to loopback, and osctl is asked for its version until it
+answers. Every serial line is stamped with the seconds since QEMU started; the stage boundaries are
+read from those lines, so a regression shows where it is:
+
+- firmware: until GRUB's first output; loader: GRUB's menu, timeout and its reads of the kernel and
+  initramfs, until the kernel starts (the "Run /init" line's wall time minus its kernel timestamp);
+- kernel: until it runs /init; stage 1: until the squashfs root is mounted; switch root: until the
+  init in it is executed;
+- stage 2 start: the init's interpreter and imports, until its first phase ends;
+- one row per init phase; osd: from "node ready" until osctl version is answered.
+
+Figures are medians of several boots; the machine's load average is printed with them because other
+jobs on the machine inflate them. ``python -m tools.bench_boot --help`` for a run on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bakery import qemu
+from talos_os.config.generate import generate
+from tools import nodevm
+
+KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
+PHASE_DONE = re.compile(r"\[talos\] phase (.+): done in (\d+) ms")
+OSD_START = re.compile(r"started ([\d.]+) s after boot, imports ([\d.]+) s, serving ([\d.]+) s later")
+READY_RSS = re.compile(r"init resident memory (\d+) KiB")
+
+
+@dataclass
+class BootRun:
+    """One boot: its stages (seconds, in order), the total and what the node said about memory."""
+
+    firmware: str
+    stages: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+    init_rss_mib: float | None = None
+    osd_rss_mib: float | None = None
+    osd_start: dict[str, float] = field(default_factory=dict)
+
+
+def stages(stamped: Sequence[tuple[float, str]], answered: float) -> dict[str, float]:
+    """Stage durations from serial lines stamped with seconds since QEMU start (see the module doc)."""
+    marks: list[tuple[str, float]] = []
+    grub = next((t for t, line in stamped if "GRUB" in line), None)
+    run_init = next(
+        ((t, m) for t, line in stamped if (m := KERNEL_LINE.match(line)) and "Run /init" in line), None
+    )
+    if grub is not None:
+        marks.append(("firmware", grub))
+    if run_init is not None:
+        wall, match = run_init
+        kernel_start = max(wall - float(match.group(1)), grub or 0.0)
+        marks += [("loader" if grub is not None else "firmware + loader", kernel_start), ("kernel", wall)]
+    for name, text in (("stage 1", "switching root"), ("switch root", "stage1: exec")):
+        t = next((t for t, line in stamped if text in line), None)
+        if t is not None:
+            marks.append((name, t))
+    first = True
+    for t, line in stamped:
+        m = PHASE_DONE.search(line)
+        if m:
+            if first:
+                marks.append(("stage 2 start", t - int(m.group(2)) / 1000))
+                first = False
+            marks.append((f"phase {m.group(1)}", t))
+    ready = next((t for t, line in stamped if "node ready:" in line), None)
+    if ready is not None:
+        marks.append(("until ready", ready))
+    marks.append(("osd answers", answered))
+    out: dict[str, float] = {}
+    last = 0.0
+    for name, t in marks:
+        out[name] = out.get(name, 0.0) + max(t - last, 0.0)
+        last = max(t, last)
+    return out
+
+
+def _stamp(vm: qemu.Boot, stamped: list[tuple[float, str]], stop: threading.Event) -> None:
+    """Give each console line the time it arrived (qemu.Boot collects lines without times)."""
+    seen = 0
+    while not stop.is_set():
+        with vm._cond:
+            vm._cond.wait(0.2)
+            new = vm.lines[seen:]
+            seen = len(vm.lines)
+        now = time.monotonic() - vm.started
+        stamped.extend((now, line) for line in new)
+
+
+def _vm_rss(talosconfig: Path, endpoint: str, pid: object) -> float | None:
+    status = nodevm.osctl(talosconfig, endpoint, "read", f"/proc/{pid}/status").stdout
+    m = re.search(r"VmRSS:\s+(\d+) kB", status)
+    return int(m.group(1)) / 1024 if m else None
+
+
+def boot_once(raw: Path, firmware: str, config: str, talosconfig: Path, memory_mb: int = 1024) -> BootRun:
+    """Boot ``raw`` from its disk with ``config`` over fw_cfg; time every stage until osctl version answers."""
+    run = BootRun(firmware)
+    port = nodevm.free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Path(tmp) / "config.yaml"
+        cfg.write_text(config)
+        extra = [*nodevm.user_net(hostfwd={port: 50000}), "-fw_cfg", f"name=opt/talos/config,file={cfg}"]
+        stamped: list[tuple[float, str]] = []
+        stop = threading.Event()
+        with qemu.start(raw, firmware=firmware, memory_mb=memory_mb, extra=extra) as vm:
+            threading.Thread(target=_stamp, args=(vm, stamped, stop), daemon=True).start()
+            endpoint = f"127.0.0.1:{port}"
+            vm.wait_for(r"\[talos\] services: ", 900)  # osd cannot answer before its service starts
+            deadline = time.monotonic() + 600
+            while nodevm.osctl(talosconfig, endpoint, "version", timeout=60).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"osctl version got no answer; console tail:\n{vm.output[-3000:]}")
+                time.sleep(0.3)
+            answered = time.monotonic() - vm.started
+            vm.wait_for("node ready", 120)
+            time.sleep(0.5)  # the stamping thread catches up
+            stop.set()
+            run.stages = stages(stamped, answered)
+            run.total = answered
+            services = json.loads(
+                nodevm.osctl(talosconfig, endpoint, "services", "-o", "json").stdout or "[]"
+            )
+            pids = {s["id"]: s["pid"] for s in services}
+            run.init_rss_mib = _vm_rss(talosconfig, endpoint, 1)
+            if "osd" in pids:
+                run.osd_rss_mib = _vm_rss(talosconfig, endpoint, pids["osd"])
+            logs = nodevm.osctl(talosconfig, endpoint, "logs", "osd").stdout
+            m = OSD_START.search(logs)
+            if m:
+                run.osd_start = {"started": float(m[1]), "imports": float(m[2]), "serving": float(m[3])}
+    return run
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return statistics.median(got) if got else None
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def table(runs: dict[str, list[BootRun]]) -> list[str]:
+    """One row per stage, one column per firmware (medians), then the total and memory."""
+    names: list[str] = []
+    for boots in runs.values():
+        for b in boots:
+            names += [n for n in b.stages if n not in names]
+    cols = list(runs)
+    lines = [f"  {'stage (s, median)':<28}" + "".join(f"{c:>9}" for c in cols)]
+    for name in names:
+        lines.append(
+            f"  {name:<28}"
+            + "".join(f"{_fmt(_median([b.stages.get(name) for b in runs[c]])):>9}" for c in cols)
+        )
+    lines.append(
+        f"  {'QEMU start -> osctl version':<28}"
+        + "".join(f"{_fmt(_median([b.total for b in runs[c]])):>9}" for c in cols)
+    )
+    for label, get in (
+        ("osd imports", lambda b: b.osd_start.get("imports")),
+        ("osd start after imports", lambda b: b.osd_start.get("serving")),
+        ("init RSS (MiB)", lambda b: b.init_rss_mib),
+        ("osd RSS (MiB)", lambda b: b.osd_rss_mib),
+    ):
+        lines.append(
+            f"  {label:<28}" + "".join(f"{_fmt(_median([get(b) for b in runs[c]])):>9}" for c in cols)
+        )
+    return lines
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def report(
+    raw: Path, boots: int = 3, firmwares: Sequence[str] = ("bios", "uefi"), check_512: bool = True
+) -> None:
+    """Boot ``boots`` times per firmware; print the stage table, totals per boot, and the 512 MiB check."""
+    generated = generate("bench", "https://10.5.0.2:6443")
+    config = nodevm.with_hostname(generated.controlplane, "bench")
+    with tempfile.TemporaryDirectory() as tmp:
+        talosconfig = Path(tmp) / "talosconfig"
+        talosconfig.write_text(generated.talosconfig)
+        runs: dict[str, list[BootRun]] = {fw: [] for fw in firmwares}
+        loads = [loadavg()]
+        for _ in range(boots):  # interleaved, so a change in the machine's load hits both alike
+            for fw in firmwares:
+                runs[fw].append(boot_once(raw, fw, config, talosconfig))
+                loads.append(loadavg())
+        print(f"boot stages (TCG, {boots} boots per firmware, 1024 MiB, from the disk through the firmware and "
+              f"GRUB; load average during the runs: {', '.join(loads)}):")  # fmt: skip
+        for line in table(runs):
+            print(line)
+        for fw, got in runs.items():
+            print(f"  {fw} totals: {', '.join(f'{b.total:.1f}' for b in got)} s")
+        if check_512:
+            try:
+                small = boot_once(raw, firmwares[0], config, talosconfig, memory_mb=512)
+                print(f"  512 MiB ({firmwares[0]}): osctl version answered after {small.total:.1f} s; init RSS "
+                      f"{_fmt(small.init_rss_mib)} MiB, osd RSS {_fmt(small.osd_rss_mib)} MiB")  # fmt: skip
+            except (TimeoutError, RuntimeError) as exc:
+                print(f"  512 MiB ({firmwares[0]}): FAILED: {str(exc)[-1500:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.bench_boot", description=__doc__.split("\n\n")[0])
+    p.add_argument("image", type=Path, help="a baked raw image (talos-bake raw --platform kvm)")
+    p.add_argument("--boots", type=int, default=3, help="boots per firmware [%(default)s]")
+    p.add_argument("--firmware", default="bios,uefi", help="comma-separated: bios, uefi [%(default)s]")
+    p.add_argument("--no-512", action="store_true", help="skip the boot with 512 MiB of RAM")
+    args = p.parse_args(argv)
+    if not args.image.is_file():
+        p.error(f"{args.image} is not a file: bake one with talos-bake raw --platform kvm --out DIR")
+    report(args.image, args.boots, [f for f in args.firmware.split(",") if f], check_512=not args.no_512)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
