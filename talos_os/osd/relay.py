@@ -5,7 +5,7 @@
 limits), then calls the same method on WORKER's osd over mutual TLS with a client certificate it
 mints from the OS CA for the caller's name and role: a reader stays a reader at the far end, which
 checks the call again against its own policy. Requests and answers pass through as bytes; the far
-end's status, message and trailing metadata come back unchanged (the message names the node).
+end's status, message and trailing metadata come back unchanged.
 
 A node named in the metadata that is this node itself is served here. Workers carry no OS CA key,
 so they cannot relay: they say so in one sentence.
@@ -146,9 +146,9 @@ def _open(relay: Relay, target: str, context: grpc.ServicerContext) -> grpc.Chan
 def _fail(context: grpc.ServicerContext, target: str, err: grpc.RpcError) -> None:
     code = err.code() or grpc.StatusCode.UNKNOWN
     details = err.details() or code.name
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE:  # osctl names the node in front of every error already
         details = f"the control plane cannot reach osd on {target}: {details}"
-    abort(context, code, f"{target}: {details}")
+    abort(context, code, details)
 
 
 class RelayInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]

@@ -96,7 +96,7 @@ class TrustdServicer(pb_grpc.TrustdServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"trustd refused the request: {exc}")
         elapsed = (time.perf_counter() - started) * 1000
         log.info(
-            "issued a %s certificate for %s (%s) to %s in %.1f ms",
+            "issued the %s certificate for %s (%s) to %s in %.1f ms",
             kind,
             wanted.common_name,
             ", ".join([*wanted.dns_names, *wanted.ip_addresses]),
