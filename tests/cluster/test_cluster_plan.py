@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from talos_os.cluster import create, netns, vm
+from talos_os.cluster import create, health, netns, vm
 from talos_os.cluster.state import (
     ClusterError,
     ClusterState,
+    Node,
     check_memory,
     forward_targets,
     plan_nodes,
@@ -199,3 +201,44 @@ def test_an_image_is_found_with_its_direct_boot_pieces(tmp_path: Path) -> None:
     qcow = tmp_path / "x.qcow2"
     qcow.write_bytes(b"QFI\xfb" + b"\0" * 100)
     assert vm.find_image(qcow).format == "qcow2"
+
+
+class FakeEtcd:
+    """Stands in for health.Cluster's etcd calls: canned answers per control plane."""
+
+    def __init__(
+        self, state: ClusterState, members: dict[str, list[str]], unhealthy: frozenset[str] = frozenset()
+    ) -> None:
+        self.state = state
+        self.members = members
+        self.unhealthy = unhealthy
+
+    def etcd(self, node: Node, path: str, body: bytes | None = None) -> dict[str, object]:
+        if node.name not in self.members:
+            raise ConnectionError("refused")
+        if path == "/health":
+            return {"health": "false" if node.name in self.unhealthy else "true"}
+        return {"members": [{"ID": str(i), "name": n} for i, n in enumerate(self.members[node.name])]}
+
+
+def test_etcd_members_must_list_every_control_plane_and_agree(tmp_path: Path) -> None:
+    state = state_for(tmp_path, controlplanes=2, workers=0)
+    cp1, cp2 = (n.name for n in state.nodes)
+    good = health.check_etcd(FakeEtcd(state, {cp1: [cp1, cp2], cp2: [cp2, cp1]}))  # type: ignore[arg-type]
+    assert good.ok
+    split = health.check_etcd(FakeEtcd(state, {cp1: [cp1], cp2: [cp1, cp2]}))  # type: ignore[arg-type]
+    assert f"{cp1}: etcd members lack {cp2} (have {cp1})" in split.failures
+    assert any(f.startswith("etcd members disagree") for f in split.failures)
+    down = health.check_etcd(FakeEtcd(state, {cp1: [cp1, cp2]}, unhealthy={cp1}))  # type: ignore[arg-type]
+    assert f"{cp2}: etcd does not answer (refused)" in down.failures
+    assert any(f.startswith(f"{cp1}: etcd reports unhealthy") for f in down.failures)
+
+
+def test_node_readiness_is_read_from_the_ready_condition() -> None:
+    items: list[dict[str, Any]] = [
+        {"metadata": {"name": "a"}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}},
+        {"metadata": {"name": "b"}, "status": {"conditions": [{"type": "MemoryPressure", "status": "False"},
+                                                               {"type": "Ready", "status": "Unknown"}]}},
+        {"metadata": {"name": "c"}, "status": {}},
+    ]  # fmt: skip
+    assert health.node_conditions(items) == {"a": "True", "b": "Unknown", "c": "Unknown"}
