@@ -80,8 +80,12 @@ def cluster() -> None:
 @click.option("--name", default="talos-default", show_default=True, help="Cluster name (a DNS label).")
 @click.option("--controlplanes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True)
-@click.option("--cpus", type=click.IntRange(min=1), default=2, show_default=True, help="vCPUs per control plane.")
-@click.option("--cpus-workers", type=click.IntRange(min=1), default=None, help="vCPUs per worker [default: --cpus].")
+@click.option(
+    "--cpus", type=click.IntRange(min=1), default=2, show_default=True, help="vCPUs per control plane."
+)
+@click.option(
+    "--cpus-workers", type=click.IntRange(min=1), default=None, help="vCPUs per worker [default: --cpus]."
+)
 @click.option(
     "--memory", type=click.IntRange(min=512), default=4096, show_default=True, help="MiB per control plane."
 )
