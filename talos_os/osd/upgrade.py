@@ -183,7 +183,7 @@ class UpgradeServicer(pb_grpc.UpgradeServicer):
             log.warning("upgrade from an uploaded bundle requested by %s", caller)
         try:
             self._init(
-                context, "upgrade_install", path=str(path), stage=request.stage, drain=not request.no_drain
+                context, "upgrade_install", bundle=str(path), stage=request.stage, drain=not request.no_drain
             )
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

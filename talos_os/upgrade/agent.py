@@ -265,7 +265,7 @@ class Agent:
             raise ControlError(
                 f"cannot upgrade: slot {self.running} is still on trial; wait until the node is ready on it"
             )
-        path = Path(str(req.get("path", "")))
+        path = Path(str(req.get("bundle", "")))
         if path.parent != self.staging or not path.is_file():
             raise ControlError(f"upgrade: {path} is not a bundle in {self.staging}")
         with self._lock:

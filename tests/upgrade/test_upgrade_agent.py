@@ -38,7 +38,7 @@ def test_upgrade_trial_good_then_rollback(tmp_path: Path, monkeypatch: pytest.Mo
     a.on_boot()
     staged = a.staging / "install-1.bundle"
     staged.write_bytes(make_bundle(tmp_path, "0.2.0").read_bytes())
-    assert a.handlers()["upgrade_install"]({"path": str(staged), "stage": False}) == "started"
+    assert a.handlers()["upgrade_install"]({"bundle": str(staged), "stage": False}) == "started"
     job = _wait(a.job)
     assert not job.error and job.phase == "rebooting" and "slot B holds 0.2.0" in job.message
     assert reboots == ["reboot"] and not staged.exists()
@@ -52,7 +52,7 @@ def test_upgrade_trial_good_then_rollback(tmp_path: Path, monkeypatch: pytest.Mo
     b.on_boot()
     assert b.trial
     with pytest.raises(ControlError, match="still on trial"):
-        b.start_install({"path": str(staged)})
+        b.start_install({"bundle": str(staged)})
     thread = b.watch(lambda: None)
     assert thread is not None
     thread.join(10)
@@ -101,12 +101,12 @@ def test_a_bad_bundle_is_a_failed_job_and_the_node_carries_on(tmp_path: Path) ->
     a.on_boot()
     staged = a.staging / "install-2.bundle"
     staged.write_bytes(make_bundle(tmp_path, "0.2.0", arch="aarch64").read_bytes())
-    a.start_install({"path": str(staged)})
+    a.start_install({"bundle": str(staged)})
     job = _wait(a.job)
     assert job.phase == "failed" and "the bundle is for aarch64" in job.error and not reboots
     assert disk.env()["saved_entry"] == "talos-A" and "talos_B" not in disk.env()
     with pytest.raises(ControlError, match="is not a bundle in"):
-        a.start_install({"path": "/etc/passwd"})
+        a.start_install({"bundle": "/etc/passwd"})
 
 
 def test_a_node_without_slots_says_so(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_a_node_without_slots_says_so(tmp_path: Path) -> None:
     a.on_boot()
     assert a.slots()["ab"] is False
     with pytest.raises(ControlError, match="did not boot from an A/B disk"):
-        a.start_install({"path": "x"})
+        a.start_install({"bundle": "x"})
 
 
 def test_the_fail_init_test_switch_raises_after_reconciling(tmp_path: Path) -> None:
@@ -192,7 +192,7 @@ def test_an_upgrade_without_admin_credentials_reboots_undrained(
     monkeypatch.setattr(agent.drain, "ADMIN_KUBECONFIG", tmp_path / "absent.conf")
     staged = a.staging / "install-3.bundle"
     staged.write_bytes(make_bundle(tmp_path, "0.2.0").read_bytes())
-    a.start_install({"path": str(staged)})
+    a.start_install({"bundle": str(staged)})
     job = _wait(a.job)
     assert not job.error and reboots == ["reboot"], job.error
     assert any("without a drain" in line for line in lines)
