@@ -100,3 +100,44 @@ def test_install_refusals_are_one_sentence(service: Any, tmp_path: Path) -> None
         list(svc.Install(pb.UpgradeInstall(url="ftp://x/y"), ctx))
     assert "not an http:// or https:// URL" in ctx.details
     assert not reboots and "talos_B" not in disk.env()
+
+
+def test_install_from_a_url_downloads_with_progress_and_a_404_is_one_sentence(
+    service: Any, tmp_path: Path
+) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    svc, disk, reboots = service
+    source = make_bundle(tmp_path, "0.3.0")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_a: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            if self.path != "/b.upgrade":
+                self.send_error(404)
+                return
+            data = source.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        ctx = Context()
+        with pytest.raises(Aborted):
+            list(svc.Install(pb.UpgradeInstall(url=f"{base}/missing"), ctx))
+        assert "answered HTTP 404" in ctx.details and not reboots
+        progress = list(svc.Install(pb.UpgradeInstall(url=f"{base}/b.upgrade", stage=True), Context()))
+        phases = [p.phase for p in progress]
+        assert "downloaded" in phases and phases[-1] == "staged" and not reboots
+        assert "the next reboot tries it once" in progress[-1].message
+        assert disk.env()["next_entry"] == "talos-B"
+    finally:
+        server.shutdown()
+        server.server_close()
