@@ -147,13 +147,13 @@ def test_apply_hostname_writes_files_and_sets_the_short_name(tmp_path: Path) -> 
 
 
 def test_leases_are_stored_per_link(tmp_path: Path) -> None:
-    stored = network._lease_class(tmp_path / "leases")
+    stored = network.lease_class(tmp_path / "leases")
     ack = {"yiaddr": "10.0.0.5", "options": {"subnet_mask": "255.255.255.0", "lease_time": 600}}
     stored(ack=ack, interface="eth0", server_mac="02:00:00:00:00:01").dump()
     loaded = stored.load("eth0")
     assert loaded is not None and loaded.ip == "10.0.0.5" and loaded.lease_time == 600
     assert stored.load("eth1") is None
-    memory = network._lease_class(None)
+    memory = network.lease_class(None)
     memory(ack=ack, interface="eth0", server_mac="x").dump()
     assert memory.load("eth0") is None
 

@@ -1,36 +1,14 @@
-"""The node's network: links up, DHCPv4 or static addresses, routes, resolv.conf, hosts and hostname.
-
-:class:`NetworkManager` is called twice by the init. Before the machine config is known (it
-often comes over the network) ``configure(None)`` runs DHCP on every physical link; once the
-config is there ``configure(cfg.machine.network)`` applies it: static addresses, MTUs and routes
-on the interfaces it names, DHCP where it asks for it (or when it names no interface at all),
-and its nameservers, which override the ones DHCP gave.
-
-DHCP is pyroute2's :class:`~pyroute2.dhcp.client.AsyncDHCPClient`, one per link, in an asyncio
-loop on a daemon thread that lives as long as the init: the client renews and rebinds on its
-own timers (a node stays up for months), our hooks put the lease's address, default route and
-MTU on the link and rewrite resolv.conf. ``configure`` waits up to the DHCP timeout
-(``machine.network.dhcpTimeout``, else 30 s) for a lease on every DHCP link that has carrier;
-links still without a lease keep trying in the background.
-
-The files live in ``/run/talos/etc`` (the image links /etc/resolv.conf, /etc/hosts and
-/etc/hostname there); :func:`apply_hostname` writes hosts and hostname and sets the kernel's.
-Rendering and planning are pure functions; the netlink and DHCP paths are tested for real in
-a network namespace on the host.
-"""
+"""NetworkManager: links up, DHCPv4 clients, static addresses and routes, over netlink (pyroute2)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
 import ipaddress
-import json
 import os
-import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,20 +20,26 @@ from pyroute2.dhcp.hooks import Hook, Trigger
 from pyroute2.dhcp.leases import Lease
 from pyroute2.netlink.exceptions import NetlinkError
 
-from talos_os import pki
+from talos_os.init.network.files import FILES_DIR, MAX_NAMESERVERS, render_resolv_conf, write_atomic
+from talos_os.init.network.lease import LeaseInfo, lease_class, lease_info
+from talos_os.init.network.plan import (
+    Link,
+    LinkPlan,
+    StaticRoute,
+    dhcp_timeout,
+    is_physical,
+    plan_links,
+)
+from talos_os.init.network.state import LinkState, NetworkState
 
 if TYPE_CHECKING:  # the config model is heavy to import; the network comes up before the config
     from talos_os.config.model import MachineNetwork
 
-FILES_DIR = Path("/run/talos/etc")  # the image links /etc/hostname, hosts and resolv.conf here
-DEFAULT_DHCP_TIMEOUT = 30.0
 CARRIER_GRACE = 5.0  # how long a link may take to see carrier before we stop waiting for it
 DHCP_ROUTE_METRIC = 1024  # + ifindex: one default route per DHCP link, the lowest index wins
 RTPROT_STATIC = 4
 RTPROT_DHCP = 16
-ARPHRD_ETHER = 1
 IFF_LOOPBACK = 0x8
-MAX_NAMESERVERS = 3  # glibc reads three
 VENDOR_ID = "talos-os"
 REQUESTED = (
     dhcp.Option.SUBNET_MASK,
@@ -70,267 +54,7 @@ REQUESTED = (
     dhcp.Option.REBINDING_TIME,
 )
 
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
-
 Log = Callable[[str], None]
-
-
-# --- what the system has and what we want -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Link:
-    """A network link as netlink reports it."""
-
-    index: int
-    name: str
-    mac: str | None = None
-    kind: str | None = None  # IFLA_INFO_KIND: veth, bridge, vxlan...; None for a NIC driver
-    loopback: bool = False
-    carrier: bool = False
-    mtu: int = 1500
-    arp_type: int = ARPHRD_ETHER
-
-
-def is_physical(link: Link) -> bool:
-    """A NIC: Ethernet, not loopback, and no link kind (virtual links all have one)."""
-    return not link.loopback and link.kind is None and link.arp_type == ARPHRD_ETHER
-
-
-@dataclass(frozen=True)
-class StaticRoute:
-    network: str
-    gateway: str | None = None
-    metric: int | None = None
-
-
-@dataclass(frozen=True)
-class LinkPlan:
-    """What one link gets: up always; DHCP or a static address; an MTU and routes if configured."""
-
-    name: str
-    dhcp: bool = False
-    address: str | None = None  # address/prefix
-    mtu: int | None = None
-    routes: tuple[StaticRoute, ...] = ()
-
-
-def plan_links(
-    links: Sequence[Link], netcfg: MachineNetwork | None, candidate: Callable[[Link], bool] = is_physical
-) -> tuple[list[LinkPlan], list[str]]:
-    """Plans for the links to bring up, and the config's interface names that do not exist.
-
-    Interfaces named in the config get exactly what it says. Other physical links get DHCP when
-    the config names no interface at all (or there is no config yet), else are only brought up.
-    """
-    configured = {i.name: i for i in netcfg.interfaces} if netcfg is not None else {}
-    plans = []
-    for link in links:
-        if link.loopback:
-            continue
-        iface = configured.get(link.name)
-        if iface is not None:
-            routes = tuple(
-                StaticRoute(str(r.network), str(r.gateway) if r.gateway else None, r.metric)
-                for r in iface.routes
-            )
-            plans.append(
-                LinkPlan(
-                    link.name,
-                    dhcp=iface.cidr is None,
-                    address=str(iface.cidr) if iface.cidr is not None else None,
-                    mtu=iface.mtu,
-                    routes=routes,
-                )
-            )
-        elif candidate(link):
-            plans.append(LinkPlan(link.name, dhcp=not configured))
-    names = {link.name for link in links}
-    return plans, [name for name in configured if name not in names]
-
-
-def dhcp_timeout(netcfg: MachineNetwork | None) -> float:
-    if netcfg is not None and netcfg.dhcp_timeout is not None:
-        return netcfg.dhcp_timeout.total_seconds()
-    return DEFAULT_DHCP_TIMEOUT
-
-
-# --- leases ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LeaseInfo:
-    """The parts of a DHCP lease the node uses."""
-
-    address: str  # address/prefix
-    gateway: str | None = None
-    nameservers: tuple[str, ...] = ()
-    domain: str | None = None
-    hostname: str | None = None
-    mtu: int | None = None
-    broadcast: str | None = None
-    lease_time: int | None = None
-    server: str | None = None
-
-
-def lease_info(ack: dict[str, Any]) -> LeaseInfo:
-    """Read a DHCPACK (pyroute2's decoded message: ``yiaddr`` and an ``options`` dict)."""
-    opts = ack.get("options", {})
-    address = ack["yiaddr"]
-    mask = opts.get("subnet_mask")
-    prefix = ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if mask else 32
-    routers = opts.get("router") or []
-    hostname = opts.get("host_name")
-    domain = opts.get("domain_name")
-    return LeaseInfo(
-        address=f"{address}/{prefix}",
-        gateway=routers[0] if routers else None,
-        nameservers=tuple(opts.get("name_server") or ()),
-        domain=domain.strip(". \0") if isinstance(domain, str) and domain.strip(". \0") else None,
-        hostname=hostname.strip("\0")
-        if isinstance(hostname, str) and valid_hostname(hostname.strip("\0"))
-        else None,
-        mtu=opts.get("interface_mtu") or None,
-        broadcast=opts.get("broadcast_address"),
-        lease_time=opts.get("lease_time"),
-        server=opts.get("server_id"),
-    )
-
-
-def _lease_class(directory: Path | None) -> type[Lease]:
-    """A pyroute2 Lease kept in ``directory`` (one JSON file per link), or only in memory."""
-
-    class StoredLease(Lease):  # type: ignore[misc]
-        def dump(self) -> None:
-            if directory is None:
-                return
-            directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(directory / f"{self.interface}.json", json.dumps(dataclasses.asdict(self)))
-
-        @classmethod
-        def load(cls, interface: str) -> Lease | None:
-            if directory is None:
-                return None
-            try:
-                data = json.loads((directory / f"{interface}.json").read_text())
-                return cls(**data)
-            except (OSError, ValueError, TypeError):
-                return None
-
-    return StoredLease
-
-
-# --- files ----------------------------------------------------------------------------------------
-
-
-def valid_hostname(name: str) -> bool:
-    return 0 < len(name) <= 253 and _HOSTNAME_RE.fullmatch(name) is not None
-
-
-def render_resolv_conf(nameservers: Iterable[str], search: Iterable[str] = ()) -> str:
-    """resolv.conf: up to three nameservers (all glibc reads), search domains if any."""
-    lines = ["# written by the talos-os init"]
-    domains = list(dict.fromkeys(search))[:6]
-    if domains:
-        lines.append("search " + " ".join(domains))
-    lines += [f"nameserver {ns}" for ns in list(dict.fromkeys(nameservers))[:MAX_NAMESERVERS]]
-    return "\n".join(lines) + "\n"
-
-
-def render_hosts(hostname: str, address: str | None = None) -> str:
-    """/etc/hosts: localhost, and the node's name on its address (127.0.1.1 until it has one)."""
-    short = hostname.split(".", 1)[0]
-    names = f"{hostname} {short}" if short != hostname else hostname
-    return (
-        "# written by the talos-os init\n"
-        "127.0.0.1\tlocalhost\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n"
-        f"{address or '127.0.1.1'}\t{names}\n"
-    )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    pki.write_public(path, text.encode())
-
-
-def choose_hostname(
-    config: str | None, platform: str | None, dhcp_name: str | None, mac: str | None = None
-) -> tuple[str, str]:
-    """The node's hostname and where it came from: config, else platform metadata, else DHCP, else the MAC."""
-    for name, source in ((config, "config"), (platform, "platform"), (dhcp_name, "dhcp")):
-        if name and valid_hostname(name):
-            return name, source
-    suffix = (mac or "").replace(":", "")[-6:] or "000000"
-    return f"talos-{suffix}", "default"
-
-
-def apply_hostname(
-    name: str,
-    files_dir: Path | str = FILES_DIR,
-    sethostname: Callable[[str], None] | None = None,
-    *,
-    address: str | None = None,
-) -> str:
-    """Set the kernel hostname (the first label) and write hostname and hosts; returns the short name."""
-    if not valid_hostname(name):
-        raise ValueError(f"{name!r} is not a valid hostname: use letters, digits, dashes and dots")
-    short = name.split(".", 1)[0]
-    files = Path(files_dir)
-    files.mkdir(parents=True, exist_ok=True)
-    _write_atomic(files / "hostname", short + "\n")
-    _write_atomic(files / "hosts", render_hosts(name, address))
-    if sethostname is not None:
-        sethostname(short)
-    return short
-
-
-# --- state ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinkState:
-    name: str
-    index: int
-    mac: str | None
-    method: str  # "dhcp", "static" or "up"
-    carrier: bool
-    addresses: tuple[str, ...] = ()
-    lease: LeaseInfo | None = None
-    renewals: int = 0
-
-
-@dataclass(frozen=True)
-class NetworkState:
-    """A snapshot: what each managed link has, and the resolvers in use."""
-
-    links: tuple[LinkState, ...] = ()
-    nameservers: tuple[str, ...] = ()
-    search: tuple[str, ...] = ()
-
-    @property
-    def addresses(self) -> list[str]:
-        return [a for link in self.links for a in link.addresses]
-
-    @property
-    def gateways(self) -> list[str]:
-        return [link.lease.gateway for link in self.links if link.lease and link.lease.gateway]
-
-    @property
-    def dhcp_hostname(self) -> str | None:
-        return next((link.lease.hostname for link in self.links if link.lease and link.lease.hostname), None)
-
-    @property
-    def primary_address(self) -> str | None:
-        """The first address (without prefix) of the first link that has one: what hosts maps the name to."""
-        return next((a.split("/")[0] for a in self.addresses), None)
-
-    @property
-    def mac(self) -> str | None:
-        return next((link.mac for link in self.links if link.mac), None)
-
-    def link(self, name: str) -> LinkState | None:
-        return next((link for link in self.links if link.name == name), None)
 
 
 # --- netlink --------------------------------------------------------------------------------------
@@ -407,7 +131,7 @@ class NetworkManager:
     ) -> None:
         self._log = log
         self.files_dir = Path(files_dir)
-        self._lease_type = _lease_class(lease_dir)
+        self._lease_type = lease_class(lease_dir)
         self._candidate = candidate
         self._iproute = iproute
         self._on_change = on_change
@@ -743,7 +467,7 @@ class NetworkManager:
             nameservers, search = self._resolvers()
         try:
             self.files_dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.files_dir / "resolv.conf", render_resolv_conf(nameservers, search))
+            write_atomic(self.files_dir / "resolv.conf", render_resolv_conf(nameservers, search))
         except OSError as exc:
             self._log(f"network: cannot write {self.files_dir / 'resolv.conf'}: {exc}")
 
