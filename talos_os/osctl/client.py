@@ -271,6 +271,8 @@ def explain(err: grpc.RpcError, target: Target) -> str:
     details = err.details() or ""
     lowered = details.lower()
     if code == grpc.StatusCode.UNAVAILABLE:
+        if target.relay and details.startswith("the control plane cannot reach"):
+            return details  # the endpoint answered; the node behind it did not (osd.relay's sentence)
         if "connection refused" in lowered:
             return (
                 f"cannot reach the node API at {target.address}: connection refused (is osd running there?)"

@@ -15,6 +15,7 @@ from osdenv import Cluster, Node, connect, rpc_error, write_talosconfig
 from talos_os import pki
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.osctl.cli import cli as osctl
+from talos_os.osctl.client import Target, explain
 from talos_os.osd.auth import Caller, server_identity
 from talos_os.osd.relay import Relay, RelayError, requested_target, role_of, split_target
 from talos_os.osd.server import Osd, Settings
@@ -101,6 +102,9 @@ def test_unreachable_and_malformed_targets(cluster: Cluster, front: Osd) -> None
         )
         assert err.code() == grpc.StatusCode.UNAVAILABLE
         assert err.details().startswith(f"the control plane cannot reach osd on 127.0.0.1:{free}: ")
+        # osctl passes the relay's sentence on, not "cannot reach the node API at <the endpoint>"
+        target = Target(f"127.0.0.1:{free}", "127.0.0.1", front.port, relay=f"127.0.0.1:{free}")
+        assert explain(err, target) == err.details()
         err = rpc_error(lambda: stub.Version(pb.Empty(), metadata=(("nodes", "a,b"),), timeout=T))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "relay one node per call" in err.details()
 
