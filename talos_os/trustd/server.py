@@ -10,6 +10,7 @@ logged with its names, the peer and the time it took to issue.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import socket
@@ -23,6 +24,7 @@ from types import FrameType
 from urllib.parse import urlsplit
 
 import grpc
+from cryptography import x509
 
 from talos_os import pki
 from talos_os.api.gen import trustd_pb2 as pb
@@ -36,6 +38,25 @@ DEFAULT_CONFIG = Path("/run/talos/config.yaml")
 
 class TrustdError(Exception):
     """trustd cannot serve; one sentence for the service log."""
+
+
+class ParsedCA(pki.CertKey):
+    """A CA whose certificate and key are parsed once: loading an RSA key checks it, which costs
+    seconds on a slow node, and trustd signs with the same CA for every request."""
+
+    @functools.cached_property
+    def cert(self) -> x509.Certificate:
+        return pki.load_certificate(self.cert_pem)
+
+    @functools.cached_property
+    def key(self) -> pki.PrivateKey:
+        return pki.load_private_key(self.key_pem)
+
+    @classmethod
+    def parsed(cls, crt: str, key: str) -> ParsedCA:
+        ca = cls(pki.b64decode(crt, what="certificate"), pki.b64decode(key, what="private key"))
+        ca.cert, ca.key  # noqa: B018 - parse now, at start, not on the first request
+        return ca
 
 
 @dataclass(frozen=True)
@@ -58,10 +79,8 @@ class Authorities:
         reserved = [a for a in [*own_addresses, host] if a and not a.startswith("127.") and a != "::1"]
         return cls(
             token=cfg.machine.token,
-            os_ca=pki.CertKey.from_b64(cfg.machine.ca.crt, cfg.machine.ca.key),
-            kubelet_ca=None
-            if cluster_ca.key is None
-            else pki.CertKey.from_b64(cluster_ca.crt, cluster_ca.key),
+            os_ca=ParsedCA.parsed(cfg.machine.ca.crt, cfg.machine.ca.key),
+            kubelet_ca=None if cluster_ca.key is None else ParsedCA.parsed(cluster_ca.crt, cluster_ca.key),
             reserved_ips=tuple(dict.fromkeys(reserved)),
         )
 
