@@ -115,7 +115,8 @@ class TrustdServicer(pb_grpc.TrustdServicer):  # type: ignore[misc]
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"trustd refused the request: {exc}")
         elapsed = (time.perf_counter() - started) * 1000
         log.info(
-            "issued the %s certificate for %s (%s) to %s in %.1f ms",
+            "issued %s %s certificate for %s (%s) to %s in %.1f ms",
+            "an" if kind == KIND_OS else "a",
             kind,
             wanted.common_name,
             ", ".join([*wanted.dns_names, *wanted.ip_addresses]),
