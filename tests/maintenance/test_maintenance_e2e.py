@@ -34,7 +34,7 @@ from talos_os.osctl.machine_cmds import pinned_channel
 from tools.nodevm import free_port, user_net, wait_api, wait_ready
 from tools.nodevm import osctl as osctl_tc
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]  # three boots under TCG, an install between
 TIMEOUT = 900  # TCG on a shared 2-core machine
 OSCTL = str(Path(sys.executable).with_name("osctl"))
 FINGERPRINT = re.compile(r"maintenance: certificate fingerprint \(SHA-256\) ([0-9a-f]{64})")
@@ -126,6 +126,8 @@ def walk(
     assert "installing to /dev/vda" in applied.stdout
     vm.wait_for(r"install: verified: /dev/vda reads back the image's sha256", TIMEOUT, since)
     vm.wait_for(r"install: saved the machine config on /dev/vda\d", TIMEOUT, since)
+    took, _ = vm.wait_for(r"install: /dev/vda installed in (\d+) s", TIMEOUT, since)
+    print(f"install (write, verify, EPHEMERAL, config) took {took.group(1)} s")
     hostname, seconds = wait_ready(vm, TIMEOUT, since)
     assert hostname == "maint"
     after = "\n".join(vm.lines[since:])
