@@ -95,6 +95,14 @@ class LocalCluster:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()[-2000:]}")
         return result
 
+    def wait_api(self, timeout: float = 2400) -> float:
+        """Wait for the init node's API server to answer /readyz through its forward."""
+        return self.wait(
+            "the init node's API server /readyz",
+            lambda: self.kubectl("get", "--raw", "/readyz", check=False).stdout == "ok",
+            timeout,
+        )
+
     def serial(self, node: Node) -> str:
         return (self.state.node_dir(node) / "serial.log").read_text(errors="replace")
 
@@ -131,9 +139,11 @@ def local_cluster(
     controlplanes: int = 1,
     workers: int = 2,
     registry: bool = True,
+    wait_api: bool = True,
     api_timeout: float = 2400,
 ) -> Iterator[LocalCluster]:
-    """Create a cluster with the CLI, wait for the init node's API server, yield it, destroy it."""
+    """Create a cluster with the CLI, wait for the init node's osd (and with ``wait_api`` its API
+    server's /readyz), yield it, destroy it."""
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         extra: list[str] = []
@@ -160,11 +170,9 @@ def local_cluster(
         print(created.stderr, flush=True)
         try:
             assert created.returncode == 0, created.stderr
-            c.wait(
-                "the init node's API server /readyz",
-                lambda: c.kubectl("get", "--raw", "/readyz", check=False).stdout == "ok",
-                api_timeout,
-            )
+            c.wait("the init node's osd", lambda: c.osctl("version").returncode == 0, 900, every=5)
+            if wait_api:
+                c.wait_api(api_timeout)
             yield c
         finally:
             subprocess.run(

@@ -118,6 +118,14 @@ def test_create_shows_the_nodes_and_merges_a_context(cluster: LocalCluster) -> N
 
 
 def test_the_init_node_runs_kubernetes(cluster: LocalCluster) -> None:
+    try:
+        seconds = cluster.wait_api(HEALTHY_TIMEOUT)
+    except TimeoutError as exc:
+        _healthy.update(
+            state="no api", why=f"the init node's API server never answered /readyz: {str(exc)[:300]}"
+        )
+        raise
+    print(f"the init node's API server answered /readyz {seconds:.0f} s after its osd")
     assert cluster.kubectl("get", "--raw", "/readyz").stdout == "ok"
     nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
     assert cluster.init.name in [n["metadata"]["name"] for n in nodes]
@@ -125,6 +133,8 @@ def test_the_init_node_runs_kubernetes(cluster: LocalCluster) -> None:
 
 def test_the_cluster_becomes_healthy(cluster: LocalCluster) -> None:
     """NODE_SIDE: workers join (trustd identity for osd, kubeadm join) and everything is Ready."""
+    if _healthy.get("state") == "no api":
+        pytest.fail(_healthy["why"])
     try:
         seconds = cluster.wait(
             "osctl health to pass", lambda: cluster.health().returncode == 0, HEALTHY_TIMEOUT, 30
