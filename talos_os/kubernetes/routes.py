@@ -239,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                 granted = True
                 say(f"nodes may list Nodes (ClusterRole {NODE_READER} bound to system:nodes)")
             except (OSError, ValueError, KeyError, ssl.SSLError) as exc:
-                say(f"cannot grant nodes the Node list yet: {exc}")
+                why = f"cannot grant nodes the Node list yet: {exc}"
+                if why != last:
+                    say(why)
+                    last = why
         if not exempted:
             try:
                 for version, spec in masquerade_exemptions(args.pod_subnet):
