@@ -78,8 +78,9 @@ def cluster() -> None:
 
 @cluster.command("create", epilog="Example: osctl cluster create --name demo --controlplanes 1 --workers 2")
 @click.option("--name", default="talos-default", show_default=True, help="Cluster name (a DNS label).")
-@click.option("--controlplanes", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--controlplanes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Control-plane nodes (the first one bootstraps).")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=0), default=1, show_default=True, help="Worker nodes.")
 @click.option(
     "--cpus", type=click.IntRange(min=1), default=2, show_default=True, help="vCPUs per control plane."
 )
@@ -203,7 +204,7 @@ def _say_next(state: ClusterState) -> None:
 
 
 @cluster.command("destroy", epilog="Example: osctl cluster destroy --name demo")
-@click.option("--name", default="talos-default", show_default=True)
+@click.option("--name", default="talos-default", show_default=True, help="The cluster to destroy.")
 @_state_option()
 def destroy_cmd(name: str, state_dir: Path | None) -> None:
     """Stop the VMs and remove the namespace, taps, files and the talosconfig context."""
