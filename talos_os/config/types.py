@@ -16,6 +16,7 @@ from typing import Annotated, Any, NoReturn, TypeAlias
 from urllib.parse import urlsplit
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
@@ -471,7 +472,30 @@ def _parse_certificate(pem: bytes) -> x509.Certificate:
 
 @functools.lru_cache(maxsize=32)
 def _parse_private_key(pem: bytes) -> PrivateKeyTypes:
-    return load_pem_private_key(pem, password=None)
+    # OpenSSL's RSA key check tests p and q for primality: ~100 ms per 2048-bit key on a host and
+    # seconds per config under software emulation, where it was most of the init's config phase.
+    # The relations CRT signing relies on are checked instead (a key that breaks them would sign
+    # wrongly); the primes are the operator's own, made by `osctl config generate` or their PKI.
+    key = load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
+    if isinstance(key, rsa.RSAPrivateKey):
+        _check_rsa(key.private_numbers())
+    return key
+
+
+def _check_rsa(n: rsa.RSAPrivateNumbers) -> None:
+    """Raise ValueError unless the private numbers are consistent (n = pq, e and d inverse, CRT values)."""
+    p, q, d, e = n.p, n.q, n.d, n.public_numbers.e
+    if not (
+        p > 1
+        and q > 1
+        and p * q == n.public_numbers.n
+        and (d * e) % (p - 1) == 1 % (p - 1)
+        and (d * e) % (q - 1) == 1 % (q - 1)
+        and n.dmp1 == d % (p - 1)
+        and n.dmq1 == d % (q - 1)
+        and (n.iqmp * q) % p == 1
+    ):
+        raise ValueError("the RSA private key is inconsistent (its numbers do not belong together)")
 
 
 def load_certificate(b64: str) -> x509.Certificate:
