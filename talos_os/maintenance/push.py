@@ -10,10 +10,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from talos_os.config import ConfigError, MachineConfig, loads
 from talos_os.install import disk as install_disk
 from talos_os.maintenance import disks
+
+if TYPE_CHECKING:  # osd imports this module: the config model (pydantic) loads when a config is pushed
+    from talos_os.config import MachineConfig
 
 MiB = 1 << 20
 LIST_HINT = "`osctl disks --insecure -n NODE` lists them"
@@ -41,6 +44,8 @@ def check_push(
     sys_root: Path = Path("/sys"),
 ) -> Accepted:
     """Validate ``data``; ``image_size`` is the live ISO's image size (None: not booted from the ISO)."""
+    from talos_os.config import ConfigError, loads
+
     try:
         cfg = loads(data)
     except ConfigError as err:

@@ -23,15 +23,18 @@ import ssl
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from talos_os import pki, trustd
-from talos_os.config import MachineConfig
 from talos_os.osd.limits import Admission, Refused
+
+if TYPE_CHECKING:
+    from talos_os.config import MachineConfig
+    from talos_os.osd.startconfig import StartConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,7 @@ class IdentityError(Exception):
 
 
 def server_identity(
-    config: MachineConfig,
+    config: MachineConfig | StartConfig,
     addresses: Sequence[str],
     hostname: str,
     issued: tuple[Path, Path] = (trustd.OSD_CERT, trustd.OSD_KEY),

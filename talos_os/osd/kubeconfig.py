@@ -10,11 +10,14 @@ config carries no CA key, so it has none to give.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import yaml
 
 from talos_os import pki
-from talos_os.config import MachineConfig
+
+if TYPE_CHECKING:
+    from talos_os.config import MachineConfig
 
 ADMIN_USER = "kubernetes-admin"
 ADMIN_GROUP = "system:masters"

@@ -19,16 +19,16 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from talos_os import __version__, api, pki
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
-from talos_os.config import MachineConfig
 from talos_os.init import control
 from talos_os.osd import containers, kmsg, limits, node, opener, transfer
+from talos_os.osd import machine as machine_service
 from talos_os.osd import upgrade as upgrade_service
 from talos_os.osd.auth import (
     AuthInterceptor,
@@ -40,7 +40,11 @@ from talos_os.osd.auth import (
 )
 from talos_os.osd.kubeconfig import NoKubeconfig, admin_kubeconfig
 from talos_os.osd.relay import Relay, RelayInterceptor
+from talos_os.osd.startconfig import full_config
 from talos_os.redact import LineRedactor
+
+if TYPE_CHECKING:  # the config model (pydantic) loads only when a call needs it
+    from talos_os.config import MachineConfig
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,7 @@ class Settings:
     reader_trees: tuple[str, ...] = transfer.READER_TREES  # where an os:reader may Read files
     reader_id: int = opener.READER_ID  # the uid and gid that open files for readers
     machine_config: MachineConfig | None = None  # makes an admin kubeconfig before bootstrap
+    config_path: Path | None = None  # else the machine config, loaded on first need (startconfig.full_config)
     relay: Relay | None = None  # forwards calls naming another node (osd.relay)
 
 
@@ -352,14 +357,17 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
         try:
             return pb.Data(bytes=path.read_bytes())
         except FileNotFoundError:
-            if self.settings.machine_config is None:
+            cfg = self.settings.machine_config
+            if cfg is None and self.settings.config_path is not None:
+                cfg = full_config(self.settings.config_path)
+            if cfg is None:
                 abort(
                     context,
                     grpc.StatusCode.NOT_FOUND,
                     f"no kubeconfig at {path} yet: Kubernetes has not been bootstrapped on this node",
                 )
             try:  # not bootstrapped yet: a control plane still has the cluster CA to make one
-                return pb.Data(bytes=admin_kubeconfig(self.settings.machine_config))
+                return pb.Data(bytes=admin_kubeconfig(cfg))
             except NoKubeconfig as exc:
                 abort(context, grpc.StatusCode.NOT_FOUND, f"no kubeconfig at {path} and {exc}")
         except OSError as exc:
@@ -488,6 +496,7 @@ class Osd:
         self._servicer = NodeServicer(self.settings)
         pb_grpc.add_NodeServicer_to_server(self._servicer, server)
         upgrade_service.register(server, self.settings.control_socket)
+        machine_service.register(server, self.settings.control_socket)
         creds = server_credentials(self.identity, self.ca_pem)
         bound = _bind(server, creds, self.address, self.port)
         if not bound:
