@@ -28,7 +28,8 @@ from talos_os import __version__
 from tools.nodevm import CONFIG_HOST, copy_disk, free_port, with_hostname
 from tools.upgradevm import BOOT_TIMEOUT, Files, Node
 
-pytestmark = pytest.mark.e2e
+# The first test's time includes the bakes and the first boot (fixtures): more than the suite's 30 min on a loaded machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(5400)]
 NEXT = f"{__version__}.1-next"
 FAIL_ARGS = "talos.test=fail-init talos.panic_delay=5"
 
@@ -99,7 +100,7 @@ def upgrade_and_come_back(node: Node, image: str, version: str) -> subprocess.Co
     assert node.vm is not None
     since = len(node.vm.lines)
     result = node.osctl("upgrade", "--image", image)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr + node.vm.output[-3000:]
     assert f"slot B holds {version}; rebooting into it" in result.stdout or "slot A holds" in result.stdout
     node.vm.wait_for(rf"slots: booted slot [AB] \({re.escape(version)}\), on trial", BOOT_TIMEOUT, since)
     node.vm.wait_for(rf"slots: slot [AB] \({re.escape(version)}\) is ready", BOOT_TIMEOUT, since)
