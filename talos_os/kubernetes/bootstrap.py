@@ -49,12 +49,18 @@ def bootstrap(
         return 0
     cfg = load(config_path)
     argv = [kubeadm_binary, "init", "--config", str(kubeadm.CONFIG_PATH), "--skip-token-print", "--v=1"]
+    files = kubeadm.control_plane_files(cfg, facts)
     if any((root / str(p).lstrip("/")).exists() for p in LEFTOVERS):
         # kubeadm's phases reuse what exists (CA-signed certs, kubeconfigs, etcd's data) and rewrite the
         # manifests as they were; only its preflight refuses to run over them. Never reset: data stays.
         say("an earlier bootstrap did not finish: running kubeadm init again over what it left")
-        argv.append("--ignore-preflight-errors=all")
-    write_files(kubeadm.control_plane_files(cfg, facts), root)
+        files = [
+            kubeadm.File(f.path, kubeadm.ignore_all_preflight(f.content.decode()).encode(), f.mode)
+            if f.path == kubeadm.CONFIG_PATH
+            else f
+            for f in files
+        ]
+    write_files(files, root)
     started = time.monotonic()
     code = run(argv)
     if code != 0:

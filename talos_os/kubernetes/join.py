@@ -17,7 +17,8 @@ which it accepts as "the TLS certificate is valid, proceed".
 
 Joined before (the stamp on /var exists): nothing to do, the kubelet restarts with the kubeconfig it
 has. A join that did not finish left files kubeadm's preflight refuses: it runs again over them with
-preflight errors ignored. Nothing is ever reset.
+every preflight error ignored (in the JoinConfiguration: kubeadm refuses the flag next to a list).
+Nothing is ever reset.
 """
 
 from __future__ import annotations
@@ -113,22 +114,22 @@ def discovery_kubeconfig(cfg: MachineConfig) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def join_files(cfg: MachineConfig, node: kubeadm.NodeFacts) -> list[kubeadm.File]:
+def join_files(cfg: MachineConfig, node: kubeadm.NodeFacts, retry: bool = False) -> list[kubeadm.File]:
     """What kubeadm join reads: a control plane's shared CA material and API server files, the
     discovery kubeconfig and the JoinConfiguration (both 0600: they hold the bootstrap token)."""
     files: list[kubeadm.File] = []
     if cfg.machine.type is MachineType.CONTROLPLANE:
         files += [f for f in kubeadm.control_plane_files(cfg, node) if f.path != kubeadm.CONFIG_PATH]
     files.append(kubeadm.File(DISCOVERY_KUBECONFIG, discovery_kubeconfig(cfg).encode(), 0o600))
-    files.append(kubeadm.File(JOIN_CONFIG, join_config(cfg, node).encode(), 0o600))
+    text = join_config(cfg, node)
+    files.append(
+        kubeadm.File(JOIN_CONFIG, (kubeadm.ignore_all_preflight(text) if retry else text).encode(), 0o600)
+    )
     return files
 
 
-def join_argv(cfg: MachineConfig, retry: bool, kubeadm_binary: str = KUBEADM) -> list[str]:
-    argv = [kubeadm_binary, "join", "--config", str(JOIN_CONFIG), "--v=1"]
-    if retry:
-        argv.append("--ignore-preflight-errors=all")
-    return argv
+def join_argv(kubeadm_binary: str = KUBEADM) -> list[str]:
+    return [kubeadm_binary, "join", "--config", str(JOIN_CONFIG), "--v=1"]
 
 
 def run(argv: list[str]) -> int:
@@ -151,13 +152,13 @@ def join(
     retry = any((root / str(p).lstrip("/")).exists() for p in LEFTOVERS)
     if retry:
         say("an earlier join did not finish: running kubeadm join again over what it left")
-    write_files(join_files(cfg, facts), root)
+    write_files(join_files(cfg, facts, retry), root)
     role = "control plane" if cfg.machine.type is MachineType.CONTROLPLANE else "worker"
     say(
         f"joining {api_server_endpoint(cfg)} as a {role} (CA pinned by {ca_cert_hash(cfg.cluster.ca)[:19]}...)"
     )
     started = time.monotonic()
-    code = run(join_argv(cfg, retry, kubeadm_binary))
+    code = run(join_argv(kubeadm_binary))
     if code != 0:
         say(f"kubeadm join failed with {code}; the init retries with backoff")
         return code

@@ -101,6 +101,20 @@ IGNORED_PREFLIGHT = [
     "FileExisting-losetup",
     "FileExisting-cp",
 ]
+
+
+def ignore_all_preflight(text: str) -> str:
+    """A kubeadm configuration (Init or Join) whose nodeRegistration ignores every preflight error:
+    what a retry over a failed attempt's files needs. kubeadm refuses ``--ignore-preflight-errors=all``
+    next to a config that lists single checks ("don't specify individual checks if 'all' is used"),
+    so the retry changes the config instead of adding the flag."""
+    docs = list(yaml.safe_load_all(text))
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") in ("InitConfiguration", "JoinConfiguration"):
+            doc.setdefault("nodeRegistration", {})["ignorePreflightErrors"] = ["all"]
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
 # Slow but healthy control planes must not be killed: minutes, not seconds.
 TIMEOUTS = {
     "controlPlaneComponentHealthCheck": "30m0s",
