@@ -1,6 +1,6 @@
 """The initramfs: a minimal Python, the stage-1 init and the boot kernel modules, as a cpio archive.
 
-Contents are computed, not listed by hand: the stdlib modules stage 1 imports (modulefinder),
+Contents are computed, not listed by hand: the modules stage 1 imports (traced with the root's own Python),
 the libraries each binary needs (ELF DT_NEEDED), and the boot modules' dependency closure.
 The archive is written in Python (newc format) so it is byte-for-byte reproducible and can
 carry device nodes (/dev/console, /dev/urandom) without root.
@@ -8,17 +8,16 @@ carry device nodes (/dev/console, /dev/urandom) without root.
 
 from __future__ import annotations
 
-import modulefinder
 import os
 import stat
-import tempfile
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bakery import deb, elf
 from bakery.errors import BakeError
 from bakery.tools import run
-from talos_os.kmod import ModuleIndex
+from talos_os.kmod import ModuleIndex, canonical
 
 STAGE1_LAUNCHER = """#!/usr/bin/python3.11 -IS
 # talos-os init, stage 1 (PID 1 in the initramfs).
@@ -35,6 +34,23 @@ DIST = "usr/lib/python3/dist-packages"
 ALWAYS_MODULES = ("encodings", "encodings.aliases", "encodings.utf_8", "encodings.latin_1", "encodings.ascii")
 DEVICES = {"dev/console": (5, 1), "dev/null": (1, 3), "dev/urandom": (1, 9), "dev/kmsg": (1, 11)}
 DIRS = ("dev", "proc", "sys", "run", "tmp", "sysroot", "etc/talos")
+# Stage 1 loads only what finds and mounts the root: block and SCSI/ATA drivers, virtio transport, the
+# root's file systems (squashfs; iso9660 and loop for the live ISO). Every other boot module (network
+# cards, fw_cfg, vfat, xfs, overlay...) is loaded by stage 1 from the mounted root
+# (``etc/talos/modules.late``), so the initramfs GRUB reads and the kernel unpacks stays small.
+ROOT_MODULE_DIRS = (
+    "kernel/drivers/block/",
+    "kernel/drivers/scsi/",
+    "kernel/drivers/ata/",
+    "kernel/drivers/cdrom/",
+    "kernel/drivers/nvme/",
+    "kernel/drivers/virtio/",
+    "kernel/drivers/md/",
+    "kernel/drivers/mmc/",
+    "kernel/drivers/usb/storage/",
+    "kernel/fs/squashfs/",
+    "kernel/fs/isofs/",
+)
 
 
 @dataclass
@@ -125,24 +141,57 @@ def _header(ino: int, mode: int, mtime: int, size: int, rdev: tuple[int, int], n
     return head + b"\0" * (-len(head) % 4)
 
 
+# Run by the tree's own interpreter: import stage 1 the way /init does, exercise what it calls that
+# imports more at run time, and print the file of every module then loaded.
+_TRACE = """
+import sys
+sys.path.append(sys.argv[1])
+import ctypes.util
+from talos_os.init import stage1
+ctypes.util.find_library("c")
+stage1.parse_root("iso:L/a.sqsh")
+for name in sys.argv[2:]:
+    __import__(name)
+files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
+print("\\n".join(sorted(f for f in files if f)))
+"""
+
+
 def python_modules(tree: Path) -> list[Path]:
-    """Files of every module stage 1 imports (as found in the tree), via modulefinder."""
-    with tempfile.TemporaryDirectory() as tmp:
-        launcher = Path(tmp, "init.py")
-        launcher.write_text(STAGE1_LAUNCHER)
-        finder = modulefinder.ModuleFinder(
-            path=[str(tree / STDLIB), str(tree / STDLIB / "lib-dynload"), str(tree / DIST)]
-        )
-        finder.run_script(str(launcher))
-        for name in ALWAYS_MODULES:
-            finder.import_hook(name)
+    """Files of exactly the modules stage 1 loads, found by importing it with the tree's Python.
+
+    A static scan (modulefinder) follows every import in every function and pulled in asyncio,
+    email, multiprocessing and libcrypto (9 MB of initramfs that GRUB reads through the BIOS and
+    the kernel unpacks at every boot); stage 1 imports only what it names at the top.
+    """
+    loader = tree / "usr/lib64/ld-linux-x86-64.so.2"
+    argv = [str(loader), "--library-path", str(tree / "usr/lib/x86_64-linux-gnu"), str(tree / PYTHON),
+            "-IS", "-c", _TRACE, str(tree / DIST), *ALWAYS_MODULES]  # fmt: skip
+    proc = subprocess.run(
+        argv, capture_output=True, text=True, check=False, cwd=tree, env={"LC_ALL": "C.UTF-8"}
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-6:])
+        raise BakeError(f"initramfs: importing stage 1 with the root's Python failed:\n{tail}")
     files = []
-    for name, mod in finder.modules.items():
-        path: str | None = getattr(mod, "__file__", None)
-        if name == "__main__" or not path:
-            continue
-        files.append(Path(path))
+    for name in proc.stdout.splitlines():
+        path = Path(name)
+        try:
+            path.relative_to(tree)
+        except ValueError:
+            raise BakeError(f"initramfs: stage 1 loaded {path}, which is outside the root tree") from None
+        files.append(path)
     return sorted(files)
+
+
+def split_boot_modules(index: ModuleIndex, load_order: list[str]) -> tuple[list[str], list[str]]:
+    """The boot modules stage 1 loads (those that reach the root) and the ones it leaves to the root."""
+    root: list[str] = []
+    late: list[str] = []
+    for name in load_order:
+        path = index.paths.get(canonical(name))
+        (root if path is None or path.startswith(ROOT_MODULE_DIRS) else late).append(name)
+    return root, late
 
 
 def _pyc_for(source: Path) -> Path:
@@ -212,7 +261,8 @@ def build(
 
     # Kernel modules: the closure, a modules.dep for just them, and the load order.
     moddir = f"usr/lib/modules/{kernel_version}"
-    names = index.closure(load_order)
+    root_order, late_order = split_boot_modules(index, load_order)
+    names = index.closure(root_order)
     mod_bytes = 0
     dep_lines = []
     for name in names:
@@ -223,7 +273,8 @@ def build(
         deps = " ".join(index.paths[d] for d in index.deps[name])
         dep_lines.append(f"{mod_rel}: {deps}".rstrip())
     arc.add(f"{moddir}/modules.dep", Entry(stat.S_IFREG | 0o644, ("\n".join(dep_lines) + "\n").encode()))
-    arc.add("etc/talos/modules", Entry(stat.S_IFREG | 0o644, ("\n".join(load_order) + "\n").encode()))
+    arc.add("etc/talos/modules", Entry(stat.S_IFREG | 0o644, ("\n".join(root_order) + "\n").encode()))
+    arc.add("etc/talos/modules.late", Entry(stat.S_IFREG | 0o644, ("\n".join(late_order) + "\n").encode()))
     report.sizes["kernel modules"] = mod_bytes
     report.modules = names
 

@@ -122,8 +122,9 @@ def phase_hardening(boot: Boot) -> None:
 
 
 def phase_modules(boot: Boot) -> None:
-    """Kernel modules for containers and Kubernetes networking (overlay, br_netfilter, ...)."""
-    names = modules.read_names()
+    """Kernel modules for containers and Kubernetes networking (overlay, br_netfilter, ...); the boot modules
+    stage 1 loaded from the root are checked again (present, or retried and named if they failed)."""
+    names = [*modules.late_names(), *modules.read_names()]
     if not names:
         return
     report = modules.load(names, modules.module_dir(), syscalls.finit_module, modules.loaded_modules())

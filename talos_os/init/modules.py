@@ -6,14 +6,16 @@ root filesystem, where the bakery put the files, ``modules.dep`` and the list of
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from talos_os.kmod import ModuleError, ModuleIndex
 
 NAMES_FILE = Path("/etc/talos/modules.rootfs")  # written by the bakery, one name per line
+LATE_MODULES_ENV = "TALOS_LATE_MODULES"  # set by stage 1 (talos_os.init.stage1)
 
 
 @dataclass
@@ -23,6 +25,7 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     present: list[str] = field(default_factory=list)  # already loaded (by stage 1 or a dependency)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    no_device: list[str] = field(default_factory=list)  # drivers for hardware this machine lacks (ENODEV)
 
 
 def read_names(path: Path = NAMES_FILE) -> list[str]:
@@ -32,6 +35,13 @@ def read_names(path: Path = NAMES_FILE) -> list[str]:
     except FileNotFoundError:
         return []
     return [w for line in text.splitlines() if (w := line.split("#", 1)[0].strip())]
+
+
+def late_names(env: Mapping[str, str] = os.environ) -> list[str]:
+    """Boot modules stage 1 loaded from the root rather than the initramfs (``TALOS_LATE_MODULES``).
+
+    Stage 2 loads them again: those in are reported present, one that failed is retried and named."""
+    return env.get(LATE_MODULES_ENV, "").split()
 
 
 def loaded_modules(proc_modules: Path = Path("/proc/modules")) -> set[str]:
@@ -70,6 +80,10 @@ def load(
                     report.present.append(mod)
                 already.add(mod)
             except OSError as exc:
+                if exc.errno == errno.ENODEV:  # e.g. xen-netfront outside Xen: nothing to drive, no fault
+                    report.no_device.append(mod)
+                    already.add(mod)
+                    continue
                 report.failed.append((mod, exc.strerror or str(exc)))
                 break  # the rest of this closure depends on it
     return report

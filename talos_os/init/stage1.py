@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -28,10 +29,13 @@ from talos_os.kmod import ModuleIndex
 
 NEWROOT = "/sysroot"
 MODULE_LIST = "/etc/talos/modules"  # written by the bakery: one module name per line, in load order
+LATE_MODULE_LIST = "/etc/talos/modules.late"  # boot modules that do not find the root: loaded from it
+LATE_MODULES_ENV = "TALOS_LATE_MODULES"  # tells stage 2 which modules the background loader loads
 DEFAULT_ROOT_LABEL = "ROOT-A"
 ROOT_WAIT_SECONDS = 60.0
 ISO_PREFIX = "iso:"
 ISO_MOUNT = "/run/talos-iso"
+STAGE2_PYTHON = "/usr/bin/python3.11"
 
 _T0 = time.monotonic()
 
@@ -152,24 +156,63 @@ def wait_for(
 
 
 def free_initramfs(root: str = "/", keep: str = NEWROOT) -> None:
-    """Delete the initramfs' files (it is RAM) without crossing into other mounts."""
+    """Delete the initramfs' files (it is RAM) without crossing into other mounts.
+
+    The walk is top-down and prunes ``keep`` and every mount point: walking bottom-up visited the
+    whole new root and the /proc and /sys moved into it (9 s under software emulation) only to
+    skip them.
+    """
     root_dev = os.lstat(root).st_dev
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        if dirpath.startswith(keep) or os.lstat(dirpath).st_dev != root_dev:
-            continue
+    emptied: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        descend = []
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):  # a link to a directory (/lib -> usr/lib): remove the link
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            elif path != keep and st.st_dev == root_dev:
+                descend.append(name)
+        dirnames[:] = descend
         for name in filenames:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(dirpath, name))
-        for name in dirnames:
-            path = os.path.join(dirpath, name)
-            if path == keep or os.path.ismount(path):
-                continue
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+        if dirpath != root:
+            emptied.append(dirpath)
+    for path in reversed(emptied):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
 
 
-def switch_root(newroot: str = NEWROOT, init: str = "/sbin/init") -> None:
-    """Move the kernel filesystems into ``newroot``, make it ``/`` and exec its init."""
+def init_argv(cmdline: kernel_cmdline.Cmdline, init: str = "/sbin/init") -> list[str]:
+    """Stage 2's argv: ``talos.importtime=1`` runs it under ``python3 -X importtime`` (a boot profile
+    of every import on the console, for finding what slows stage 2 down)."""
+    if cmdline.get("talos.importtime") in ("1", "yes", "true"):
+        return [STAGE2_PYTHON, "-I", "-X", "importtime", init]
+    return [init]
+
+
+def load_late_modules(names: list[str], release: str, newroot: str = NEWROOT) -> int:
+    """Load the boot modules the initramfs does not carry from the mounted root (before the switch).
+
+    They were in the initramfs, which GRUB reads through BIOS calls and the kernel unpacks on every
+    boot; from the root they are read only when loaded. (A child loading them beside stage 2 measured
+    slower: both then read the squashfs at once.)
+    """
+    moddir = Path(newroot) / "usr/lib/modules" / release
+    return load_modules(moddir, names) if names and moddir.is_dir() else 0
+
+
+def switch_root(newroot: str = NEWROOT, argv: list[str] | None = None, late: list[str] | None = None) -> None:
+    """Move the kernel filesystems into ``newroot``, make it ``/`` and exec its init.
+
+    ``late`` names the boot modules stage 1 loaded from the root: stage 2 is told (TALOS_LATE_MODULES)
+    so its modules phase retries and reports any that failed."""
+    argv = argv or ["/sbin/init"]
     for mnt in ("/dev", "/proc", "/sys"):
         syscalls.mount(mnt, newroot + mnt, None, syscalls.MS_MOVE)
     free_initramfs()
@@ -177,8 +220,11 @@ def switch_root(newroot: str = NEWROOT, init: str = "/sbin/init") -> None:
     syscalls.mount(newroot, "/", None, syscalls.MS_MOVE)
     os.chroot(".")
     os.chdir("/")
-    sys.stdout.flush()
-    os.execv(init, [init])
+    env = dict(os.environ)
+    if late:
+        env[LATE_MODULES_ENV] = " ".join(late)
+    log("exec " + " ".join(argv))
+    os.execve(argv[0], argv, env)
 
 
 def mount_root(spec: RootSpec, newroot: str = NEWROOT) -> str:
@@ -213,10 +259,14 @@ def main() -> None:
         release = os.uname().release
         moddir = Path("/lib/modules") / release
         names = Path(MODULE_LIST).read_text().split() if Path(MODULE_LIST).exists() else []
+        late = Path(LATE_MODULE_LIST).read_text().split() if Path(LATE_MODULE_LIST).exists() else []
         count = load_modules(moddir, names) if moddir.is_dir() else 0
-        log(f"kernel {release}: loaded {count} modules")
-        log(f"root {mount_root(parse_root(cmdline.get('talos.root')))} mounted read-only; switching root")
-        switch_root()
+        log(f"kernel {release}: loaded {count} modules; {len(late)} more load from the root")
+        root = mount_root(parse_root(cmdline.get("talos.root")))
+        if late:
+            log(f"loaded {load_late_modules(late, release)} more modules from the root")
+        log(f"root {root} mounted read-only; switching root")
+        switch_root(argv=init_argv(cmdline), late=late)
     except BaseException as exc:  # PID 1 must never exit: say why, then restart the machine
         log(f"FATAL: {exc!r}; rebooting in 30 s")
         time.sleep(30)

@@ -58,6 +58,41 @@ def test_free_initramfs_deletes_everything_but_the_new_root(tmp_path: Path) -> N
     (tmp_path / "init").write_text("#!")
     (tmp_path / "sysroot/usr").mkdir(parents=True)
     (tmp_path / "sysroot/usr/keep").write_text("k")
+    (tmp_path / "lib").symlink_to("usr/lib")
+    (tmp_path / "usr/lib/modules/6.1/kernel").mkdir(parents=True)
+    (tmp_path / "usr/lib/modules/6.1/kernel/squashfs.ko").write_bytes(b"ko")
     stage1.free_initramfs(str(tmp_path), keep=str(tmp_path / "sysroot"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sysroot"]
     assert (tmp_path / "sysroot/usr/keep").read_text() == "k"
+
+
+def test_free_initramfs_never_walks_into_the_new_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new root holds the whole OS (and /proc, /sys once moved): the walk must prune it, not skip it."""
+    (tmp_path / "sysroot/usr/lib/deep").mkdir(parents=True)
+    (tmp_path / "etc").mkdir()
+    walked: list[str] = []
+    real_walk = stage1.os.walk
+
+    def spying_walk(top: str, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        for dirpath, dirnames, filenames in real_walk(top, *args, **kwargs):  # type: ignore[arg-type]
+            walked.append(dirpath)
+            yield dirpath, dirnames, filenames
+
+    monkeypatch.setattr(stage1.os, "walk", spying_walk)
+    stage1.free_initramfs(str(tmp_path), keep=str(tmp_path / "sysroot"))
+    assert not [p for p in walked if p.startswith(str(tmp_path / "sysroot"))]
+    assert (tmp_path / "sysroot/usr/lib/deep").is_dir()
+    assert not (tmp_path / "etc").exists()
+
+
+def test_stage2_runs_under_importtime_when_the_command_line_asks() -> None:
+    assert stage1.init_argv(parse("console=ttyS0")) == ["/sbin/init"]
+    assert stage1.init_argv(parse("talos.importtime=1")) == [
+        "/usr/bin/python3.11",
+        "-I",
+        "-X",
+        "importtime",
+        "/sbin/init",
+    ]
