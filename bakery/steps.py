@@ -210,7 +210,9 @@ def build_project_wheel(dest: Path, version: str = __version__) -> Path:
             shutil.copy2(REPO_ROOT / name, src / name)
     if version != __version__:  # another version string (TALOS_VERSION): the node reports it
         init = src / "talos_os" / "__init__.py"
-        init.write_text(init.read_text().replace(f'__version__ = "{__version__}"', f'__version__ = "{version}"'))
+        init.write_text(
+            init.read_text().replace(f'__version__ = "{__version__}"', f'__version__ = "{version}"')
+        )
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(src)],
         capture_output=True, text=True, check=False,

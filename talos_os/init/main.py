@@ -210,9 +210,11 @@ def phase_slots(boot: Boot) -> None:
     )
     boot.upgrade.on_boot(boot.cmdline.get("talos.test"))
     boot.upgrade.watch(
-        lambda: "services are not started yet"
-        if boot.supervisor is None
-        else node_ready(OSD_PORT, boot.kubernetes is not None)
+        lambda: (
+            "services are not started yet"
+            if boot.supervisor is None
+            else node_ready(OSD_PORT, boot.kubernetes is not None)
+        )
     )
 
 
@@ -391,7 +393,9 @@ def reconfigure_handlers(boot: Boot) -> dict[str, Callable[[dict[str, Any]], Any
         apply_live=lambda cfg: reconfigure.apply_live(cfg, boot.address or None),
         reboot=reboot_soon,
     )
-    return reconfigure.control_handlers(lambda: boot.acquired.config if boot.acquired else None, replace, effects)
+    return reconfigure.control_handlers(
+        lambda: boot.acquired.config if boot.acquired else None, replace, effects
+    )
 
 
 EARLY: list[tuple[str, Callable[[Boot], None]]] = [
