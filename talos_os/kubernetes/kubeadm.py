@@ -60,6 +60,10 @@ API_SERVER_FLAGS: dict[str, str] = {
     "kubelet-certificate-authority": str(PKI_DIR / "ca.crt"),
     "tls-min-version": "VersionTLS12",
     "tls-cipher-suites": STRONG_CIPHERS,
+    # etcd on a slow node (software emulation, a busy host) answers a read in hundreds of milliseconds;
+    # with the 2 s defaults the API server's own etcd checks time out now and then and /readyz flaps
+    "etcd-healthcheck-timeout": "10s",
+    "etcd-readycheck-timeout": "10s",
 }
 # A slow node answers a lease renewal in seconds, not milliseconds: with client-go's defaults (renew
 # within 10 s) the controller manager and scheduler lose their leases and exit over and over.

@@ -96,6 +96,11 @@ def test_stats(node: Node, cluster: Cluster) -> None:
 
 
 def test_processes(node: Node, cluster: Cluster) -> None:
+    # the sleeper joins its cgroup in a Python one-liner, then execs sleep: wait for the exec
+    exe = Path(f"/proc/{node.supervisor.stats()['sleeper']}/exe")
+    deadline = time.monotonic() + T
+    while not os.readlink(exe).endswith("sleep") and time.monotonic() < deadline:
+        time.sleep(0.05)
     with connect(node, cluster.client(pki.ROLE_READER)) as stub:
         everything = stub.Processes(pb.ProcessesRequest(), timeout=T).processes
         system = stub.Processes(pb.ProcessesRequest(namespace="system"), timeout=T).processes
