@@ -21,6 +21,7 @@ from bakery.image import BakeResult
 from talos_os import pki, talosconfig
 from talos_os.cluster import health, netns
 from talos_os.cluster.state import ClusterState
+from talos_os.kubernetes import kubeadm
 from tools.localcluster import HELLO, OSCTL, LocalCluster, json_of
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(5400)]
@@ -178,6 +179,62 @@ def test_a_control_plane_relays_to_a_worker_keeping_the_role(cluster: LocalClust
     assert refused.returncode != 0 and "permission" in refused.stderr.lower(), refused.stderr
 
 
+def _containers(cluster: LocalCluster) -> dict[str, dict[str, object]]:
+    """The init node's Kubernetes containers by ``pod:container`` (a running one wins over an exited one)."""
+    listing = cluster.osctl("containers", "-k", "-o", "json")
+    assert listing.returncode == 0, listing.stderr
+    found: dict[str, dict[str, object]] = {}
+    for c in json.loads(listing.stdout):
+        key = f"{c['pod']}:{c['name']}"
+        if c.get("pod") and (key not in found or c["status"] == "RUNNING"):
+            found[key] = c
+    return found
+
+
+def test_the_control_plane_runs_with_the_cis_flags(cluster: LocalCluster) -> None:
+    """The init node's API server, controller manager, scheduler, etcd and kubelet, read through osctl."""
+    needs_healthy()
+    running, host = _containers(cluster), cluster.init.name
+    flags = {
+        "kube-apiserver": kubeadm.API_SERVER_FLAGS,
+        "kube-controller-manager": kubeadm.CONTROLLER_MANAGER_FLAGS,
+        "kube-scheduler": kubeadm.SCHEDULER_FLAGS,
+    }
+    for component, wanted in flags.items():
+        name = f"kube-system/{component}-{host}:{component}"
+        assert running[name]["status"] == "RUNNING", running[name]
+        cmdline = cluster.osctl("read", f"/proc/{running[name]['pid']}/cmdline")
+        assert cmdline.returncode == 0, cmdline.stderr
+        args = set(cmdline.stdout.split("\0"))
+        missing = [f"--{k}={v}" for k, v in wanted.items() if f"--{k}={v}" not in args]
+        assert not missing, f"{component} lacks {missing}"
+    etcd = f"kube-system/etcd-{host}:etcd"
+    etcd_args = cluster.osctl("read", f"/proc/{running[etcd]['pid']}/cmdline").stdout.split("\0")
+    assert "--client-cert-auth=true" in etcd_args and "--peer-client-cert-auth=true" in etcd_args
+    kubelet = cluster.osctl("read", "/var/lib/kubelet/config.yaml")
+    assert kubelet.returncode == 0, kubelet.stderr
+    config = yaml.safe_load(kubelet.stdout)  # the kubelet's config as kubeadm wrote it (0 values omitted)
+    assert config.get("readOnlyPort", 0) == 0 and config["protectKernelDefaults"] is True
+    assert config["authentication"]["anonymous"]["enabled"] is False
+    assert config["authorization"]["mode"] == "Webhook" and config["rotateCertificates"] is True
+    nodes = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    for item in nodes:
+        info = item["status"]["nodeInfo"]
+        assert info["kubeletVersion"] == "v1.36.3", info
+        assert info["containerRuntimeVersion"].startswith("containerd://1.6"), info
+
+
+def test_osctl_shows_kubelet_and_the_static_pods(cluster: LocalCluster) -> None:
+    needs_healthy()
+    services = {s["id"]: s for s in json.loads(cluster.osctl("services", "-o", "json").stdout)}
+    assert services["kubelet"]["state"] == "running"
+    assert services["kubeadm"]["state"] == "finished" and services["images"]["state"] == "finished"
+    assert cluster.osctl("logs", "kubelet", "--tail", "5").stdout.strip()
+    apiserver = f"kube-system/kube-apiserver-{cluster.init.name}:kube-apiserver"
+    logs = cluster.osctl("logs", "-k", apiserver, "--tail", "20")
+    assert logs.returncode == 0 and logs.stdout.strip(), logs.stderr
+
+
 def test_a_deployment_spreads_over_the_workers_and_a_service_reaches_every_pod(cluster: LocalCluster) -> None:
     """NODE_SIDE: pods on both workers; pod-to-pod across nodes; the Service answers from each pod."""
     needs_healthy()
@@ -202,6 +259,12 @@ def test_a_deployment_spreads_over_the_workers_and_a_service_reaches_every_pod(c
         return seen == {p["metadata"]["name"] for p in pods}
 
     cluster.wait("the Service to answer from both pods", both_answered, 900, every=2)
+    # cluster DNS (CoreDNS) names the Service; the pods' logs come back through the API server
+    by_name = cluster.kubectl("exec", first["metadata"]["name"], "--", "/hello", "get",
+                              "http://hello.default.svc.cluster.local:8080/", timeout=300)  # fmt: skip
+    assert by_name.stdout.startswith("hello from hello-"), by_name.stdout
+    logs = "".join(cluster.kubectl("logs", p["metadata"]["name"]).stdout for p in pods)
+    assert "hello serving on :8080" in logs and "request GET /" in logs
 
 
 def test_a_powered_off_worker_turns_notready_and_rejoins(cluster: LocalCluster) -> None:
@@ -233,6 +296,22 @@ def test_a_powered_off_worker_turns_notready_and_rejoins(cluster: LocalCluster) 
         )
 
     cluster.wait(f"a hello pod Ready on {worker.name} again", hello_runs_there, 1200)
+
+
+def test_the_init_node_restarts_and_the_cluster_recovers_with_its_data(cluster: LocalCluster) -> None:
+    """Reboot the init node (etcd's only member): the API server, the nodes and the Deployment come back."""
+    needs_healthy()
+    before = json.loads(cluster.kubectl("get", "deployment", "hello", "-o", "json").stdout)["metadata"]["uid"]
+    result = cluster.osctl("reboot")
+    assert result.returncode == 0, result.stderr
+    cluster.wait("the init node's osd to go away", lambda: cluster.osctl("version", timeout=30).returncode != 0,
+                 600, every=5)  # fmt: skip
+    cluster.wait_api(HEALTHY_TIMEOUT)
+    cluster.wait("osctl health to pass after the reboot", lambda: cluster.health().returncode == 0, 1800, 30)
+    cluster.kubectl("rollout", "status", "deployment/hello", "--timeout=1500s", timeout=1600)
+    after = json.loads(cluster.kubectl("get", "deployment", "hello", "-o", "json").stdout)["metadata"]["uid"]
+    assert after == before  # the same object: etcd's data survived
+    assert "already bootstrapped" in cluster.osctl("logs", "kubeadm").stdout
 
 
 def test_destroy_leaves_nothing(cluster: LocalCluster) -> None:
