@@ -13,8 +13,8 @@ import pycdlib
 import pytest
 from click.testing import CliRunner
 
+from bakery import bootloader, qemu
 from bakery import iso as live_iso
-from bakery import qemu
 from bakery.cli import cli
 from bakery.image import KSPP_ARGS, BakeResult
 from talos_os import __version__
@@ -62,7 +62,8 @@ def test_iso_carries_the_image_and_boots_both_ways(live: Path, baked_image: Bake
         f.seek(part["first_lba"] * 512)
         assert root == f.read(manifest["squashfs_bytes"]), "the squashfs of ROOT-A, byte for byte"
     expected = live_iso.live_cmdline(manifest["cmdline"], label)
-    assert f"linux /boot/A/vmlinuz {expected}\n" in cfg
+    # the baked command line, then the slot entry's own words (reboot on panic, the bundle's arguments)
+    assert f"linux /boot/A/vmlinuz {expected} {bootloader.PANIC_REBOOT} $talos_A_args\n" in cfg
     assert f"talos.root=iso:{label}/talos/root.sqsh" in expected and "ROOT-A" not in expected
     assert KSPP_ARGS in expected
     assert live.stat().st_size % (1 << 20) == 0, "padded past the last file"
