@@ -36,6 +36,16 @@ def early_config(boot_uuid: str) -> str:
     )
 
 
+def entry_words(slot: str) -> str:
+    """What the menu adds after a slot's baked command line: reboot on panic, the bundle's arguments."""
+    return f"{PANIC_REBOOT} $talos_{slot}_args"
+
+
+def baked_cmdline(linux_args: str, slot: str) -> str:
+    """A menu entry's linux arguments without the words the menu adds: the command line as baked."""
+    return linux_args.strip().removesuffix(entry_words(slot)).strip()
+
+
 def grub_cfg(entries: list[tuple[str, str]], timeout: int = 1) -> str:
     """The menu: one entry per slot (A, B) with its kernel command line.
 
@@ -65,7 +75,7 @@ def grub_cfg(entries: list[tuple[str, str]], timeout: int = 1) -> str:
     for slot, cmdline in entries:
         lines += [
             f'menuentry "talos-os {slot}" --id talos-{slot} {{',
-            f"    linux /boot/{slot}/vmlinuz {cmdline} {PANIC_REBOOT} $talos_{slot}_args",
+            f"    linux /boot/{slot}/vmlinuz {cmdline} {entry_words(slot)}",
             f"    initrd /boot/{slot}/initramfs.zst",
             "}",
         ]

@@ -171,7 +171,7 @@ def sources_from_image(raw: Path, work: Path) -> IsoSources:
         kernel=kernel,
         initramfs=initramfs,
         squashfs=squashfs,
-        cmdline=m.group(1),
+        cmdline=bootloader.baked_cmdline(m.group(1), "A"),
         image_map=image_map,
         image_data=image_data,
         boot_uuid=boot_uuid,

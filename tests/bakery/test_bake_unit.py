@@ -380,3 +380,14 @@ def test_a_boot_module_missing_from_the_kernel_stops_the_bake() -> None:
     index = ModuleIndex.parse("kernel/fs/isofs/isofs.ko:\n")
     with pytest.raises(BakeError, match="has no boot module"):
         boot_module_order(recipe, index, "cloud")
+
+
+def test_the_menu_words_come_off_a_baked_command_line() -> None:
+    """The live ISO reads slot A's line back from grub.cfg: the menu's own words must not double."""
+    from bakery import bootloader
+
+    cfg = bootloader.grub_cfg([("A", "console=ttyS0 talos.root=ROOT-A")])
+    line = next(ln for ln in cfg.splitlines() if ln.strip().startswith("linux /boot/A/vmlinuz"))
+    args = line.strip().removeprefix("linux /boot/A/vmlinuz ")
+    assert bootloader.baked_cmdline(args, "A") == "console=ttyS0 talos.root=ROOT-A"
+    assert bootloader.baked_cmdline("console=ttyS0", "A") == "console=ttyS0"  # an image baked before slots
