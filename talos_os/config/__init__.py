@@ -28,13 +28,12 @@ from talos_os.config.model import (
     MachineConfig,
     MachineFile,
     MachineNetwork,
-    MachineType,
-    Mode,
     NetworkInterface,
     Route,
     ServiceAccount,
     Trustd,
 )
+from talos_os.config.rules import MachineType, Mode
 from talos_os.config.schema import json_schema
 
 __all__ = [

@@ -4,10 +4,7 @@ Each type checks one YAML value itself (no pydantic coercion) so that a mistake 
 "expected <what the format wants>, got <what the file has>" at the exact path of the value.
 """
 
-import base64
-import binascii
 import datetime
-import functools
 import ipaddress
 import posixpath
 import re
@@ -15,13 +12,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, NoReturn, TypeAlias
 from urllib.parse import urlsplit
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from pydantic import PlainSerializer, PlainValidator, WithJsonSchema
 
 from talos_os.config.errors import describe, describe_secret, invalid
+from talos_os.config.keys import decode_b64, parse_certificate_pem, parse_private_key_pem
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface: TypeAlias = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -440,14 +434,6 @@ def _duration(value: object) -> datetime.timedelta:
 # --- key material ------------------------------------------------------------------------------
 
 
-def decode_b64(text: str) -> bytes:
-    """Decode base64 strictly, ignoring line breaks; raise ValueError when it is not base64."""
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("not valid base64") from exc
-
-
 def _pem_of(value: object, what: str, needle: bytes) -> tuple[str, bytes]:
     """The field text and its decoded PEM, or a pydantic error explaining what is wrong with it."""
     expected = f"base64 of a PEM {what}"
@@ -463,55 +449,10 @@ def _pem_of(value: object, what: str, needle: bytes) -> tuple[str, bytes]:
     return text, pem
 
 
-# Parsing is cached: RSA keys take tens of milliseconds to check, and validation, the cross-field checks
-# and the accessors would otherwise parse the same key several times.
-@functools.lru_cache(maxsize=32)
-def _parse_certificate(pem: bytes) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(pem)
-
-
-@functools.lru_cache(maxsize=32)
-def _parse_private_key(pem: bytes) -> PrivateKeyTypes:
-    # OpenSSL's RSA key check tests p and q for primality: ~100 ms per 2048-bit key on a host and
-    # seconds per config under software emulation, where it was most of the init's config phase.
-    # The relations CRT signing relies on are checked instead (a key that breaks them would sign
-    # wrongly); the primes are the operator's own, made by `osctl config generate` or their PKI.
-    key = load_pem_private_key(pem, password=None, unsafe_skip_rsa_key_validation=True)
-    if isinstance(key, rsa.RSAPrivateKey):
-        _check_rsa(key.private_numbers())
-    return key
-
-
-def _check_rsa(n: rsa.RSAPrivateNumbers) -> None:
-    """Raise ValueError unless the private numbers are consistent (n = pq, e and d inverse, CRT values)."""
-    p, q, d, e = n.p, n.q, n.d, n.public_numbers.e
-    if not (
-        p > 1
-        and q > 1
-        and p * q == n.public_numbers.n
-        and (d * e) % (p - 1) == 1 % (p - 1)
-        and (d * e) % (q - 1) == 1 % (q - 1)
-        and n.dmp1 == d % (p - 1)
-        and n.dmq1 == d % (q - 1)
-        and (n.iqmp * q) % p == 1
-    ):
-        raise ValueError("the RSA private key is inconsistent (its numbers do not belong together)")
-
-
-def load_certificate(b64: str) -> x509.Certificate:
-    """Parse a base64-of-PEM certificate; raise ValueError when it is not one."""
-    return _parse_certificate(decode_b64(b64))
-
-
-def load_private_key(b64: str) -> PrivateKeyTypes:
-    """Parse a base64-of-PEM unencrypted private key; raise ValueError/TypeError when it is not one."""
-    return _parse_private_key(decode_b64(b64))
-
-
 def _certificate(value: object) -> str:
     text, pem = _pem_of(value, "certificate", b"-----BEGIN CERTIFICATE-----")
     try:
-        _parse_certificate(pem).public_key()  # the key is parsed lazily: an unknown key type fails here
+        parse_certificate_pem(pem).public_key()  # the key is parsed lazily: an unknown key type fails here
     except Exception as exc:  # cryptography raises several types for malformed input
         _fail("base64 of a PEM certificate", value, secret=True, hint=f" that does not parse ({exc})")
     return text
@@ -523,7 +464,7 @@ def _private_key(value: object) -> str:
     if b"ENCRYPTED" in pem:
         _fail(expected, value, secret=True, hint=" holding an encrypted key")
     try:
-        _parse_private_key(pem)
+        parse_private_key_pem(pem)
     except Exception:  # cryptography raises ValueError, TypeError or UnsupportedAlgorithm
         _fail(expected, value, secret=True, hint=" that does not parse as a private key")
     return text
