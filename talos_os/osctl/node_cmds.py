@@ -7,10 +7,7 @@ gets one ``error: NODE: ...`` line on stderr and the command exits 1 once the ot
 
 from __future__ import annotations
 
-import copy
 import io
-import json
-import os
 import sys
 import tarfile
 import time
@@ -22,7 +19,7 @@ from typing import Any, BinaryIO, TypeVar
 import click
 from google.protobuf.message import Message
 
-from talos_os import __version__, api, pki, talosconfig
+from talos_os import __version__, pki, talosconfig
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.osctl import flags
@@ -36,6 +33,7 @@ from talos_os.osctl.client import (
     relay_targets,
     resolve_targets,
 )
+from talos_os.osctl.copyout import EXTRACT_KW, ChunkReader, safe_member, skipped_note
 from talos_os.osctl.errors import user_errors
 from talos_os.osctl.output import LinePrinter, duration, plain, render, size
 
@@ -489,60 +487,6 @@ def memory_cmd(output: str | None) -> None:
     )
 
 
-class _ChunkReader(io.RawIOBase):
-    """A readable file over a stream of Data chunks (for tarfile's stream mode)."""
-
-    def __init__(self, chunks: Iterator[pb.Data]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks).bytes
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def _safe_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    """``member`` made safe to extract into ``dest``, or None to skip it.
-
-    Only files, directories and links; nothing that lands (or links) outside ``dest``; no absolute
-    symlinks; no setuid/setgid/sticky bits; owned by whoever runs osctl. (tarfile's ``data`` filter
-    does much the same, but only from Python 3.11.4; Debian 12 has 3.11.2.)
-    """
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        return None
-    root = os.path.realpath(dest)
-    target = os.path.realpath(os.path.join(root, member.name))
-    if not _inside(target, root):
-        return None
-    if member.issym():
-        link = os.path.realpath(os.path.join(os.path.dirname(target), member.linkname))
-        if os.path.isabs(member.linkname) or not _inside(link, root):
-            return None
-    if member.islnk() and not _inside(os.path.realpath(os.path.join(root, member.linkname)), root):
-        return None
-    safe = copy.copy(member)
-    safe.mode = member.mode & 0o777
-    safe.uid, safe.gid, safe.uname, safe.gname = os.getuid(), os.getgid(), "", ""
-    return safe
-
-
-_EXTRACT_KW: dict[str, Any] = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
-
-
 @click.command("cp")
 @click.argument("node_path", metavar="NODE_PATH")
 @click.argument("local_dir", metavar="LOCAL_DIR", type=click.Path(file_okay=False, path_type=Path))
@@ -557,20 +501,20 @@ def cp_cmd(node_path: str, local_dir: Path) -> None:
         dest = dest_of(target)
         dest.mkdir(parents=True, exist_ok=True)
         call = stub.CopyOut(pb.CopyOutRequest(path=node_path))
-        reader = io.BufferedReader(_ChunkReader(call), 1 << 16)
+        reader = io.BufferedReader(ChunkReader(call), 1 << 16)
         count = 0
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tar:
                 for member in tar:
-                    safe = _safe_member(member, str(dest))
+                    safe = safe_member(member, str(dest))
                     if safe is not None:
-                        tar.extract(safe, dest, **_EXTRACT_KW)  # already checked by _safe_member
+                        tar.extract(safe, dest, **EXTRACT_KW)  # already checked by safe_member
                         count += 1
             for _rest in call:  # the stream's end brings the node's note of what it left out
                 pass
         except (OSError, tarfile.TarError) as exc:
             raise NodeError(f"copying {node_path} into {dest} failed: {exc}") from None
-        return count, _skipped_note(dict(call.trailing_metadata() or ()))
+        return count, skipped_note(dict(call.trailing_metadata() or ()))
 
     _calls, outcomes = _run(copy, calls)
     for o in outcomes:
@@ -582,20 +526,6 @@ def cp_cmd(node_path: str, local_dir: Path) -> None:
             if skipped:
                 click.echo(f"{o.target.name}: warning: {skipped}", err=True)
     _report(outcomes)
-
-
-def _skipped_note(trailer: dict[str, Any]) -> str:
-    """What the node left out of a copy (entries that vanished or could not be read), or ""."""
-    count = trailer.get(api.SKIPPED_COUNT)
-    if not count:
-        return ""
-    try:
-        paths = [str(p) for p in json.loads(trailer.get(api.SKIPPED_PATHS) or "[]")]
-    except ValueError:
-        paths = []
-    more = int(count) - len(paths) if str(count).isdigit() else 0
-    listed = ", ".join(paths) + (f" and {more} more" if more > 0 else "")
-    return f"{count} entries changed or vanished during the copy and were left out or padded: {listed}"
 
 
 @click.command("read")

@@ -24,7 +24,7 @@ from osdenv import Cluster, Node, T, write_talosconfig
 from talos_os import __version__, pki, talosconfig
 from talos_os.osctl.cli import cli
 from talos_os.osctl.client import DEFAULT_PORT, parse_target, resolve_targets
-from talos_os.osctl.node_cmds import _safe_member
+from talos_os.osctl.copyout import safe_member
 from talos_os.osd.server import Osd
 
 OSCTL = [sys.executable, "-c", "from talos_os.osctl.cli import main; main()"]
@@ -225,17 +225,17 @@ def test_cp_extracts_only_safe_members(tmp_path: Path) -> None:
         return member
 
     dest = str(tmp_path)
-    assert _safe_member(info("../escape"), dest) is None
-    assert _safe_member(info("/etc/passwd"), dest) is None
-    assert _safe_member(info("a/../../up"), dest) is None
-    assert _safe_member(info("l", tarfile.SYMTYPE, "/etc/shadow"), dest) is None
-    assert _safe_member(info("d/l", tarfile.SYMTYPE, "../../outside"), dest) is None
-    assert _safe_member(info("h", tarfile.LNKTYPE, "../outside"), dest) is None
-    assert _safe_member(info("dev", tarfile.CHRTYPE), dest) is None
-    assert _safe_member(info("fifo", tarfile.FIFOTYPE), dest) is None
-    ok = _safe_member(info("d/l", tarfile.SYMTYPE, "../file"), dest)
+    assert safe_member(info("../escape"), dest) is None
+    assert safe_member(info("/etc/passwd"), dest) is None
+    assert safe_member(info("a/../../up"), dest) is None
+    assert safe_member(info("l", tarfile.SYMTYPE, "/etc/shadow"), dest) is None
+    assert safe_member(info("d/l", tarfile.SYMTYPE, "../../outside"), dest) is None
+    assert safe_member(info("h", tarfile.LNKTYPE, "../outside"), dest) is None
+    assert safe_member(info("dev", tarfile.CHRTYPE), dest) is None
+    assert safe_member(info("fifo", tarfile.FIFOTYPE), dest) is None
+    ok = safe_member(info("d/l", tarfile.SYMTYPE, "../file"), dest)
     assert ok is not None and ok.linkname == "../file"
-    setuid = _safe_member(info("bin/tool", mode=0o4755), dest)
+    setuid = safe_member(info("bin/tool", mode=0o4755), dest)
     assert setuid is not None and setuid.mode == 0o755 and setuid.uid == os.getuid()
 
 
