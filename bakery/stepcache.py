@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bakery.errors import BakeError
-from bakery.sparse import data_extents
+from talos_os.install.sparse import data_extents
 
 STEPS_DIR = "steps"
 ENTRY = "entry.json"

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bakery import bootloader, deb, initramfs, layout, rootfs, sparse
+from bakery import bootloader, deb, initramfs, layout, rootfs
 from bakery.errors import BakeError
 from bakery.fetch import Fetcher, normalize
 from bakery.filesystems import make_boot_fs, make_esp, make_squashfs, splice
@@ -36,6 +36,7 @@ from bakery.recipe import Flavour, KernelRecipe, RootfsRecipe
 from bakery.stepcache import Entry, Staging
 from bakery.tools import run
 from talos_os import __version__
+from talos_os.install import sparse
 from talos_os.kmod import ModuleIndex
 from talos_os.upgrade import grubenv
 

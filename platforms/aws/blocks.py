@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery.sparse import data_extents
+from talos_os.install.sparse import data_extents
 
 BLOCK_SIZE = 512 * 1024  # fixed by the EBS direct APIs
 ZERO_BLOCK = bytes(BLOCK_SIZE)

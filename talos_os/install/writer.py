@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from talos_os.install.disk import InstallError, Target
+from talos_os.install.sparse import data_extents
 
 MiB = 1 << 20
 CHUNK = MiB
@@ -29,24 +30,6 @@ FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 
 Run = tuple[int, bytes | int]  # (offset, data) or (offset, length of zeros)
-
-
-def data_extents(fd: int, size: int) -> Iterator[tuple[int, int]]:
-    """``(start, end)`` byte ranges that may hold data; the whole file if the filesystem cannot tell."""
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data after pos
-                return
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no hole support: everything is data
-                yield pos, size
-                return
-            raise
-        end = min(size, os.lseek(fd, start, os.SEEK_HOLE))
-        yield start, end
-        pos = end
 
 
 def runs(image: Path, chunk: int = CHUNK) -> Iterator[Run]:

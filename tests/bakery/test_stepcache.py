@@ -13,8 +13,8 @@ import pytest
 from bakery.errors import BakeError
 from bakery.pipeline import Pipeline, Step, path_digest
 from bakery.progress import Progress
-from bakery.sparse import sha256_hex
 from bakery.stepcache import Entry, Staging, StepCache, file_digest
+from talos_os.install.sparse import sha256_hex
 
 
 @dataclass

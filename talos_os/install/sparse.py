@@ -1,6 +1,6 @@
 """Where a sparse file's data is, found with ``SEEK_DATA``/``SEEK_HOLE`` so holes are never read.
 
-Both the installer (which leaves holes unwritten or zeroes them cheaply) and the EBS upload
+The installer (which leaves holes unwritten or zeroes them cheaply), the bake's step cache and the EBS upload
 (which never sends them) walk a baked image this way.
 """
 
