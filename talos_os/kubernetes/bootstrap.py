@@ -19,6 +19,7 @@ import argparse
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from talos_os.config import load
@@ -34,9 +35,19 @@ def say(message: str) -> None:
     print(f"[bootstrap] {message}", flush=True)
 
 
-def run(argv: list[str]) -> int:
-    say("running " + " ".join(argv))
-    return subprocess.run(argv, check=False).returncode
+def run_and_stamp(argv: list[str], stamp: Path, what: str, log: Callable[[str], None] = say) -> int:
+    """Run kubeadm; on success write ``stamp`` (so a reboot does not run it again) and say how long
+    ``what`` took. Shared by ``kubeadm init`` here and ``kubeadm join`` (talos_os.kubernetes.join)."""
+    started = time.monotonic()
+    log("running " + " ".join(argv))
+    code = subprocess.run(argv, check=False).returncode
+    if code != 0:
+        log(f"kubeadm {argv[1]} failed with {code}; the init retries with backoff")
+        return code
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+    log(f"{what} in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 def bootstrap(
@@ -61,15 +72,7 @@ def bootstrap(
             for f in files
         ]
     write_files(files, root)
-    started = time.monotonic()
-    code = run(argv)
-    if code != 0:
-        say(f"kubeadm init failed with {code}; the init retries with backoff")
-        return code
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-    say(f"control plane bootstrapped in {time.monotonic() - started:.0f} s")
-    return 0
+    return run_and_stamp(argv, stamp, "control plane bootstrapped")
 
 
 def main(argv: list[str] | None = None) -> int:

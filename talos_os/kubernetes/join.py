@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import subprocess
 import sys
-import time
 from pathlib import Path, PurePosixPath
 
 import yaml
@@ -37,6 +35,7 @@ from talos_os import pki
 from talos_os.config import MachineConfig, MachineType, load
 from talos_os.config.model import CertAndKey
 from talos_os.kubernetes import kubeadm
+from talos_os.kubernetes.bootstrap import run_and_stamp
 from talos_os.kubernetes.node import write_files
 
 STAMP = Path("/var/lib/talos/kubernetes/joined")
@@ -132,11 +131,6 @@ def join_argv(kubeadm_binary: str = KUBEADM) -> list[str]:
     return [kubeadm_binary, "join", "--config", str(JOIN_CONFIG), "--v=1"]
 
 
-def run(argv: list[str]) -> int:
-    say("running " + " ".join(argv))
-    return subprocess.run(argv, check=False).returncode
-
-
 def join(
     config_path: Path, facts: kubeadm.NodeFacts, root: Path = Path("/"), kubeadm_binary: str = KUBEADM
 ) -> int:
@@ -157,15 +151,7 @@ def join(
     say(
         f"joining {api_server_endpoint(cfg)} as a {role} (CA pinned by {ca_cert_hash(cfg.cluster.ca)[:19]}...)"
     )
-    started = time.monotonic()
-    code = run(join_argv(kubeadm_binary))
-    if code != 0:
-        say(f"kubeadm join failed with {code}; the init retries with backoff")
-        return code
-    stamp.parent.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
-    say(f"joined the cluster as a {role} in {time.monotonic() - started:.0f} s")
-    return 0
+    return run_and_stamp(join_argv(kubeadm_binary), stamp, f"joined the cluster as a {role}", say)
 
 
 def main(argv: list[str] | None = None) -> int:
