@@ -149,14 +149,18 @@ def kubernetes_services(plan: KubernetesPlan, env: Mapping[str, str], python: st
         ),
     ]
     kubelet_depends = ["images"]
-    if plan.bootstrap:
+    if plan.bootstrap or plan.join:
+        # kubeadm init on the init node, kubeadm join elsewhere; a worker's kubelet serving certificate
+        # comes from trustd (the identity service) first
+        module = "talos_os.kubernetes.bootstrap" if plan.bootstrap else "talos_os.kubernetes.join"
+        identity = () if plan.bootstrap or plan.control_plane else ("identity",)
         specs.append(
             ServiceSpec(
                 name="kubeadm",
                 argv=[
                     python,
                     "-m",
-                    "talos_os.kubernetes.bootstrap",
+                    module,
                     "--config",
                     str(CONFIG_PATH),
                     "--hostname",
@@ -164,36 +168,10 @@ def kubernetes_services(plan: KubernetesPlan, env: Mapping[str, str], python: st
                     "--address",
                     plan.address,
                 ],
-                env={**env, "KUBECONFIG": "/etc/kubernetes/admin.conf"},
-                depends=["images"],
+                env={**env, "KUBECONFIG": "/etc/kubernetes/admin.conf"} if plan.bootstrap else env,
+                depends=["images", *identity],
                 restart=Restart.ON_FAILURE,
-                oneshot=False,  # the kubelet must run while kubeadm waits for the control plane
-                backoff_base=10.0,
-                backoff_cap=120.0,
-                stable_after=600.0,
-                stop_timeout=30.0,
-            )
-        )
-    if plan.join:
-        specs.append(
-            ServiceSpec(
-                name="kubeadm",
-                argv=[
-                    python,
-                    "-m",
-                    "talos_os.kubernetes.join",
-                    "--config",
-                    str(CONFIG_PATH),
-                    "--hostname",
-                    plan.hostname,
-                    "--address",
-                    plan.address,
-                ],
-                env=env,
-                # a worker's kubelet serving certificate comes from trustd (the identity service)
-                depends=["images", *(() if plan.control_plane else ("identity",))],
-                restart=Restart.ON_FAILURE,
-                oneshot=False,  # the kubelet must run while kubeadm waits for its TLS bootstrap
+                oneshot=False,  # the kubelet must run while kubeadm waits for the control plane / TLS bootstrap
                 backoff_base=10.0,
                 backoff_cap=120.0,
                 stable_after=600.0,
