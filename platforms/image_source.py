@@ -9,9 +9,10 @@ only, so they have no ``--platform`` option.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -117,3 +118,13 @@ def set_bake_platform(ctx: click.Context, kw: dict[str, Any], platform: str) -> 
 def is_qcow2(path: Path) -> bool:
     """A qcow2 image starts with ``QFI\\xfb``; anything else is taken as raw."""
     return image_format(path) == "qcow2"
+
+
+Req = TypeVar("Req")
+
+
+def request_from(cls: type[Req], kw: Mapping[str, Any], **renamed: str) -> Req:
+    """A publishing command's typed request: each dataclass field from click's option of the same name
+    (or the option ``renamed`` names), so the commands stop passing click's ``kw`` dict around."""
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    return cls(**{f.name: kw[renamed.get(f.name, f.name)] for f in fields})

@@ -30,6 +30,7 @@ from platforms.image_source import (
     image_or_bake,
     is_qcow2,
     preflight_image,
+    request_from,
 )
 from platforms.kvm import publish
 from platforms.kvm.publish import DomainSpec, Network
@@ -60,22 +61,7 @@ class KvmRequest:
 
     @classmethod
     def from_options(cls, kw: dict[str, Any]) -> KvmRequest:
-        return cls(
-            name=kw["name"],
-            memory_mib=kw["memory"],
-            vcpus=kw["vcpus"],
-            firmware=kw["firmware"],
-            network=Network.parse(kw["network"]),
-            serial_log=kw["serial_log"],
-            virt_type=kw["virt_type"],
-            config=kw["config"],
-            define=kw["define"],
-            start=kw["start"],
-            force=kw["force"],
-            uri=kw["uri"],
-            out=kw["out"],
-            output=kw["output"],
-        )
+        return request_from(cls, {**kw, "network": Network.parse(kw["network"])}, memory_mib="memory")
 
 
 @dataclass

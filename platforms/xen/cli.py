@@ -23,7 +23,13 @@ from bakery.errors import BakeError
 from bakery.image import BakeResult
 from bakery.progress import Progress
 from bakery.tools import run
-from platforms.image_source import drop_platform_option, force_platform_option, image_or_bake, preflight_image
+from platforms.image_source import (
+    drop_platform_option,
+    force_platform_option,
+    image_or_bake,
+    preflight_image,
+    request_from,
+)
 from platforms.xen import publish
 from platforms.xen.publish import XenDomain
 from talos_os import output as out_fmt
@@ -47,16 +53,7 @@ class XenRequest:
 
     @classmethod
     def from_options(cls, kw: dict[str, Any]) -> XenRequest:
-        return cls(
-            name=kw["name"],
-            memory_mib=kw["memory"],
-            vcpus=kw["vcpus"],
-            bridge=kw["bridge"],
-            firmware=kw["firmware"],
-            vm_data_url=kw["vm_data_url"],
-            out=kw["out"],
-            output=kw["output"],
-        )
+        return request_from(cls, kw, memory_mib="memory")
 
 
 def preflight(ctx: click.Context, kw: dict[str, Any], req: XenRequest) -> None:
