@@ -71,9 +71,9 @@ def names() -> list[str]:
     return list(discover())
 
 
-def get(name: str) -> PlatformPlugin:
-    """Return the plugin called ``name`` or explain which names exist."""
-    plugins = discover()
+def get(name: str, plugins: dict[str, PlatformPlugin] | None = None) -> PlatformPlugin:
+    """Return the plugin called ``name`` (among ``plugins``, default: discovered) or explain which names exist."""
+    plugins = plugins if plugins is not None else discover()
     try:
         return plugins[name]
     except KeyError:

@@ -51,7 +51,7 @@ from talos_os.install import image as install_image
 from talos_os.install import node as install_node
 from talos_os.kubernetes import kubeadm as kubeadm_config
 from talos_os.kubernetes import node as kubernetes_node
-from talos_os.plugins import UnknownPlatformError, get
+from talos_os.plugins import UnknownPlatformError, discover, get
 from talos_os.upgrade.agent import DEFAULT_DEADLINE, Agent, NodeOps, node_ready
 
 WRITABLE_ETC = ("cni", "kubernetes")  # /etc/<name> is bind-mounted from /var/lib/talos/etc/<name>
@@ -150,12 +150,13 @@ def phase_root(boot: Boot) -> None:
 
 def phase_platform(boot: Boot) -> None:
     """Which platform this node runs on: ``talos.platform=`` (the bakery writes it), else detection."""
+    plugins = discover()  # once: detection and the lookup share it
     try:
-        found = detect_with_reason(Path("/"), boot.cmdline)
+        found = detect_with_reason(Path("/"), boot.cmdline, plugins)
     except NoPlatformError as exc:
         raise BootError(str(exc)) from None
     try:
-        plugin = get(found.name)
+        plugin = get(found.name, plugins)
     except UnknownPlatformError as exc:
         raise BootError(f"{exc} (chosen because {found.reason})") from None
     boot.platform = plugin.name
