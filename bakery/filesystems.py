@@ -64,8 +64,8 @@ def make_boot_fs(path: Path, size: int, staging: Path, fs_uuid: str, hash_seed: 
     script.unlink()
 
 
-def make_squashfs(tree: Path, out: Path, epoch: int) -> None:
-    """Read-only root: zstd, root-owned, fixed timestamps (mksquashfs is reproducible by default)."""
-    run(["mksquashfs", tree, out, "-noappend", "-comp", "zstd", "-Xcompression-level", "15", "-b", "256K",
+def make_squashfs(tree: Path, out: Path, epoch: int, level: int) -> None:
+    """Read-only root: zstd at ``level``, root-owned, fixed timestamps (mksquashfs is reproducible by default)."""
+    run(["mksquashfs", tree, out, "-noappend", "-comp", "zstd", "-Xcompression-level", str(level), "-b", "256K",
          "-all-root", "-all-time", str(epoch), "-mkfs-time", str(epoch), "-no-xattrs", "-quiet", "-no-progress"],
         what="mksquashfs")  # fmt: skip

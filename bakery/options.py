@@ -14,6 +14,10 @@ KSPP_ARGS = " ".join(KSPP_CMDLINE)
 CONSOLE_ARGS = "console=tty0 console=ttyS0"
 DEFAULT_EPOCH = 1704067200  # 2024-01-01, when SOURCE_DATE_EPOCH is not set
 DEFAULT_DISK_SIZE = 2 << 30
+# zstd level of the root squashfs: 15 is ~7% smaller than 9 and ~8x slower to bake (60 s vs 8 s
+# on 2 cores); tests and iterations bake with a low level, releases with the default.
+DEFAULT_SQUASHFS_LEVEL = 15
+FAST_SQUASHFS_LEVEL = 3  # 2 s instead of 60 s; the image is ~15% larger
 
 
 def default_cache() -> Path:
@@ -36,6 +40,7 @@ class BakeOptions:
     epoch: int = field(default_factory=lambda: int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH)))
     lock_path: Path = LOCK_PATH
     quiet: bool = False
+    squashfs_level: int = DEFAULT_SQUASHFS_LEVEL
 
 
 def os_version() -> str:

@@ -294,7 +294,7 @@ def make_initramfs(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entr
 
 def make_root_squashfs(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entry]) -> None:
     out = staging.out / "root.sqsh"
-    make_squashfs(inputs["rootfs"].out / "tree", out, ctx.opts.epoch)
+    make_squashfs(inputs["rootfs"].out / "tree", out, ctx.opts.epoch, ctx.opts.squashfs_level)
     # the rootfs figures travel on to the manifest (a warm bake reads no rootfs entry)
     staging.meta.update(bytes=out.stat().st_size, rootfs=inputs["rootfs"].meta)
 
@@ -378,6 +378,10 @@ def _epoch(ctx: BakeContext) -> object:
     return {"epoch": ctx.opts.epoch}
 
 
+def _squashfs_params(ctx: BakeContext) -> object:
+    return {"epoch": ctx.opts.epoch, "level": ctx.opts.squashfs_level}
+
+
 STEPS: dict[str, Step[BakeContext]] = {
     step.name: step
     for step in (
@@ -387,7 +391,7 @@ STEPS: dict[str, Step[BakeContext]] = {
              files=tuple(REPO_ROOT / name for name in PROJECT_FILES), fetches=True),
         Step("initramfs", make_initramfs, needs=("kernel", "rootfs"), params=_epoch,
              code=("bakery.steps", "bakery.initramfs", "bakery.elf", "bakery.deb", "talos_os.kmod"), tools=("zstd",)),
-        Step("squashfs", make_root_squashfs, needs=("rootfs",), params=_epoch,
+        Step("squashfs", make_root_squashfs, needs=("rootfs",), params=_squashfs_params,
              code=("bakery.steps", "bakery.filesystems"), tools=("mksquashfs",)),
         Step("boot", make_boot, needs=("kernel", "initramfs"), params=_boot_params,
              code=("bakery.steps", "bakery.bootloader", "bakery.filesystems", "bakery.layout",

@@ -30,7 +30,7 @@ _api_build.generate()
 from bakery.errors import BakeError  # noqa: E402
 from bakery.image import BakeOptions, BakeResult, bake  # noqa: E402
 from bakery.lock import LOCK_PATH  # noqa: E402
-from bakery.options import default_cache  # noqa: E402
+from bakery.options import FAST_SQUASHFS_LEVEL, default_cache  # noqa: E402
 from bakery.stepcache import StepCache  # noqa: E402
 from talos_os.init.cgroups import cgroup2_mount  # noqa: E402
 
@@ -82,7 +82,7 @@ def baked_image(test_lock: Path) -> BakeResult:
             data=data,
         )
     shutil.rmtree(out, ignore_errors=True)
-    return bake(BakeOptions(platform="kvm", out=out, lock_path=test_lock))
+    return bake(BakeOptions(platform="kvm", out=out, lock_path=test_lock, squashfs_level=FAST_SQUASHFS_LEVEL))
 
 
 # Prints "ticker ready", then "tick 1".."tick N" as the test raises N in its trigger file: the test

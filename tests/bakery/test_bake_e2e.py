@@ -20,6 +20,7 @@ import pytest
 from bakery import policy, qemu
 from bakery.fetch import sha256_of
 from bakery.image import KSPP_ARGS, BakeOptions, BakeResult, bake, to_qcow2
+from bakery.options import FAST_SQUASHFS_LEVEL
 from bakery.stepcache import StepCache
 from bakery.tools import which
 from talos_os import __version__
@@ -93,6 +94,7 @@ def test_manifest_records_what_went_in(baked_image: BakeResult) -> None:
     assert "python3.11-minimal" in m["packages"] and "pydantic" in m["wheels"]
     assert "boto3" not in m["wheels"] and "libvirt-python" not in m["wheels"] and "pycdlib" not in m["wheels"]
     assert m["squashfs_bytes"] > 0 and m["initramfs_bytes"] > 0
+    assert m["options"]["squashfs-level"] == FAST_SQUASHFS_LEVEL  # the tests' fast bake, recorded
     assert "virtio_blk" in m["initramfs_modules"] and "squashfs" in m["initramfs_modules"]
 
 
@@ -124,7 +126,13 @@ def test_a_bake_from_nothing_matches_a_bake_from_the_cache(
         (cache / kind).symlink_to(BakeOptions().cache / kind)
 
     def bake_into(name: str, cache: Path | None = None) -> BakeResult:
-        options = BakeOptions(out=tmp_path / name, lock_path=test_lock, locked=True, quiet=True)
+        options = BakeOptions(
+            out=tmp_path / name,
+            lock_path=test_lock,
+            locked=True,
+            quiet=True,
+            squashfs_level=FAST_SQUASHFS_LEVEL,
+        )
         return bake(options if cache is None else dataclasses.replace(options, cache=cache))
 
     try:
@@ -154,7 +162,9 @@ def test_a_bake_from_nothing_matches_a_bake_from_the_cache(
 def test_a_platform_change_reruns_only_the_boot_and_disk_steps(
     baked_image: BakeResult, test_lock: Path, tmp_path: Path
 ) -> None:
-    options = BakeOptions(out=tmp_path, lock_path=test_lock, locked=True, quiet=True)
+    options = BakeOptions(
+        out=tmp_path, lock_path=test_lock, locked=True, quiet=True, squashfs_level=FAST_SQUASHFS_LEVEL
+    )
     other = bake(
         dataclasses.replace(options, platform="xen", config_url=f"http://127.0.0.1:1/{uuid.uuid4().hex}.yaml")
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import click
 from click.testing import CliRunner
 
 import bakery.bake_run
@@ -36,8 +37,17 @@ def test_bake_only_and_manifest_are_derived() -> None:
         "extra-kernel-args": "",
         "disk-size": 3 << 30,
         "kernel-flavour": None,
+        "squashfs-level": 15,
         "locked": False,
     }
+
+
+def test_the_squashfs_level_is_checked_when_parsed() -> None:
+    option = next(o for o in table.TABLE if o.target == "squashfs_level")
+    kind = option.click_kwargs["type"]
+    assert kind.convert("3", None, None) == 3
+    with pytest.raises(click.BadParameter, match="23 is not in the range 1<=x<=22"):
+        kind.convert("23", None, None)
 
 
 def test_options_from_converts_each_value() -> None:

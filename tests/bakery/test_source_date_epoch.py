@@ -15,6 +15,7 @@ import pytest
 
 from bakery.fetch import sha256_of
 from bakery.image import BakeOptions, bake
+from bakery.options import FAST_SQUASHFS_LEVEL
 from bakery.tools import run
 
 EPOCH = 1_700_000_000
@@ -47,7 +48,16 @@ def test_two_bakes_with_source_date_epoch_are_byte_identical(
 ) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
     images = [
-        bake(BakeOptions(platform="kvm", out=tmp_path / name, lock_path=test_lock, locked=True, quiet=True))
+        bake(
+            BakeOptions(
+                platform="kvm",
+                out=tmp_path / name,
+                lock_path=test_lock,
+                locked=True,
+                quiet=True,
+                squashfs_level=FAST_SQUASHFS_LEVEL,
+            )
+        )
         for name in ("one", "two")
     ]
     assert sha256_of(images[0].raw) == sha256_of(images[1].raw)

@@ -24,6 +24,7 @@ import pytest
 from upgradekit import make_bundle
 
 from bakery.image import BakeOptions, BakeResult, bake
+from bakery.options import FAST_SQUASHFS_LEVEL
 from talos_os import __version__
 from tools.nodevm import CONFIG_HOST, copy_disk, free_port, with_hostname
 from tools.upgradevm import BOOT_TIMEOUT, Files, Node
@@ -43,13 +44,25 @@ def bundles(
     os.environ["TALOS_VERSION"] = NEXT
     try:
         nxt = bake(
-            BakeOptions(platform="kvm", out=out / "next", lock_path=test_lock, quiet=True), ("upgrade",)
+            BakeOptions(
+                platform="kvm",
+                out=out / "next",
+                lock_path=test_lock,
+                quiet=True,
+                squashfs_level=FAST_SQUASHFS_LEVEL,
+            ),
+            ("upgrade",),
         )
     finally:
         del os.environ["TALOS_VERSION"]
     fail = bake(
         BakeOptions(
-            platform="kvm", out=out / "fail", lock_path=test_lock, quiet=True, extra_kernel_args=FAIL_ARGS
+            platform="kvm",
+            out=out / "fail",
+            lock_path=test_lock,
+            quiet=True,
+            extra_kernel_args=FAIL_ARGS,
+            squashfs_level=FAST_SQUASHFS_LEVEL,
         ),
         ("upgrade",),
     )
