@@ -9,5 +9,5 @@ PLUGIN = PlatformPlugin(
     guest=BareMetalGuest(),
     aliases=("bare_metal", "metal", "baremetal"),
     detect_order=100,
-    host="bakery.publish_metal",
+    host="platforms.bare_metal.cli",
 )

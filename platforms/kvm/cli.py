@@ -91,7 +91,7 @@ def preflight(ctx: click.Context, kw: dict[str, Any], req: KvmRequest, progress:
     preflight_image(ctx, kw, PLATFORM)
     config = None
     if req.config is not None:
-        from bakery.publish_metal import checked_user_data
+        from platforms.bare_metal.publish import checked_user_data
 
         config = checked_user_data(req.config, validate=True)
     virt_type = req.virt_type
@@ -162,7 +162,7 @@ def publish_kvm(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
                 disk = to_qcow2(image, out / (image.stem + ".qcow2"))
         cidata = None
         if checked.config is not None:
-            from bakery.publish_metal import write_cidata
+            from platforms.bare_metal.publish import write_cidata
 
             cidata = write_cidata(checked.config, None, None, out / f"{req.name}-cidata.iso")
         spec = DomainSpec(

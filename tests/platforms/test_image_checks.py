@@ -20,7 +20,7 @@ from click.testing import CliRunner, Result
 from fakeimage import make_image
 
 from bakery.cli import cli, parse_size
-from bakery.publish_metal import open_failed
+from platforms.bare_metal.publish import open_failed
 from talos_os import __version__
 from talos_os.config.generate import generate
 

@@ -4,22 +4,20 @@ that boots under BIOS and UEFI) and ``cidata`` (a NoCloud config ISO).
 ``install`` and ``iso`` bake the image they need with the options of ``talos-bake raw`` (platform
 bare-metal; ``--config-url`` goes into the boot entry) or take ``--image PATH`` to publish one
 baked before.
+
+Bare metal's host half: ``register`` adds the commands to ``talos-bake`` (the plugin names this module).
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import re
-import stat
-import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from bakery import cidata as cidata_iso
 from bakery import install as installer
@@ -29,11 +27,54 @@ from bakery.bake_run import run_bake
 from bakery.errors import BakeError
 from bakery.image import BakeOptions, BakeResult
 from bakery.progress import Progress
-from platforms.image_source import checked_image, force_platform_option, refuse_bake_options
+from platforms.bare_metal import publish
+from platforms.image_source import checked_image, force_platform_option, refuse_bake_options, request_from
 from talos_os import output as out_fmt
 
 PLATFORM = "bare-metal"
-_HOST_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+
+
+@dataclass(frozen=True)
+class InstallRequest:
+    """What ``talos-bake install`` was asked for, typed once from click's options (the bake options and
+    --image stay with the shared bake-or-take path)."""
+
+    disk: Path
+    force: bool
+    disk_size: str  # a bake option: sizes the target check before a bake
+    output: str
+
+    @classmethod
+    def from_options(cls, kw: dict[str, Any]) -> InstallRequest:
+        return request_from(cls, kw)
+
+
+@dataclass(frozen=True)
+class IsoRequest:
+    """What ``talos-bake iso`` was asked for (besides the bake options and --image)."""
+
+    out: Path
+    output: str
+
+    @classmethod
+    def from_options(cls, kw: dict[str, Any]) -> IsoRequest:
+        return request_from(cls, kw)
+
+
+@dataclass(frozen=True)
+class CidataRequest:
+    """What ``talos-bake cidata`` was asked for: it never bakes."""
+
+    user_data: Path
+    meta_data: Path | None
+    hostname: str | None
+    out: Path
+    validate: bool
+    output: str
+
+    @classmethod
+    def from_options(cls, kw: dict[str, Any]) -> CidataRequest:
+        return request_from(cls, {**kw, "validate": not kw["no_validate"]})
 
 
 def raw_image(
@@ -66,41 +107,6 @@ def checked_raw(
     return image.resolve()
 
 
-def preflight_disk(disk: Path, image: Path | None, image_size: int, force: bool) -> None:
-    """Every check of the target that needs no image bytes, before a bake: it exists (or is a file to
-    create outside /dev), it can be opened, it is not in use, big enough and (unless --force) empty."""
-    target = installer.inspect_target(disk)
-    if target.exists:
-        try:
-            fd = os.open(target.path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as exc:
-            raise BakeError(open_failed(disk, exc)) from None
-        os.close(fd)
-    if image is not None:
-        installer.check(target, image, image_size, force)
-        return
-    busy = installer.uses(target)
-    if busy:
-        raise BakeError(f"refusing to write to {target.path}: {'; '.join(busy)}; unmount or release it first")
-    if target.size and target.size < image_size:
-        raise BakeError(
-            f"{target.path} has {target.size >> 20} MiB but the image will need {image_size >> 20} MiB: "
-            "use a larger disk or a smaller --disk-size"
-        )
-    found = installer.signatures(*installer.read_ends(target))
-    if found and not force:
-        raise BakeError(
-            f"refusing to overwrite {target.path}: it holds {' and '.join(found)}; pass --force to overwrite it"
-        )
-
-
-def open_failed(disk: Path, exc: OSError) -> str:
-    """One sentence for a target that cannot be opened (nothing was written)."""
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot open {disk} for writing (need root?): {exc.strerror}"
-    return f"cannot open {disk} for writing: {exc.strerror or exc}"
-
-
 def _bytes_progress(progress: Progress, what: str) -> Callable[[int, int], None]:
     """A progress callback that says how far it got every tenth of the way."""
     shown = [-1]
@@ -116,47 +122,31 @@ def _bytes_progress(progress: Progress, what: str) -> Callable[[int, int], None]
 
 def run_install(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything ``install`` does after click parsed the options: the disk's checks come first."""
+    req = InstallRequest.from_options(kw)
     image = checked_raw(ctx, kw, (*BAKE_ONLY, "out"))
-    size = image.stat().st_size if image is not None else parse_size(kw["disk_size"])
-    preflight_disk(kw["disk"], image, size, kw["force"])
+    size = image.stat().st_size if image is not None else parse_size(req.disk_size)
+    publish.preflight_disk(req.disk, image, size, req.force)
     raw = image if image is not None else bake(kw).raw
     progress = Progress()
     try:
         report = installer.install(
-            raw, kw["disk"], force=kw["force"], progress=_bytes_progress(progress, "writing")
+            raw, req.disk, force=req.force, progress=_bytes_progress(progress, "writing")
         )
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
-            raise BakeError(open_failed(kw["disk"], exc)) from None
+            raise BakeError(publish.open_failed(req.disk, exc)) from None
         raise BakeError(
-            f"writing {kw['disk']} failed: {exc.strerror or exc}; check the disk and try again"
+            f"writing {req.disk} failed: {exc.strerror or exc}; check the disk and try again"
         ) from None
-    out_fmt.echo(kw["output"], install_record(raw, report), report.lines(raw))
-
-
-def install_record(image: Path, report: installer.Report) -> dict[str, object]:
-    """What ``install`` wrote and verified, for ``-o json|yaml``."""
-    return {
-        "image": image.resolve(),
-        "disk": report.target.path,
-        "kind": "disk" if report.target.block else "file",
-        "image_bytes": report.image_size,
-        "data_bytes": report.data_bytes,
-        "zeroed_bytes": report.zeroed_bytes,
-        "sha256": report.sha256,
-        "verified": True,  # install() raises when the read-back differs
-        "write_seconds": round(report.write_seconds, 2),
-        "verify_seconds": round(report.verify_seconds, 2),
-        "backup_gpt_moved_to_bytes": report.gpt_moved_to,
-        "notes": report.notes,
-    }
+    out_fmt.echo(req.output, publish.install_record(raw, report), report.lines(raw))
 
 
 def run_iso(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything ``iso`` does after click parsed the options (a live ISO may carry any platform's image)."""
-    out: Path = kw["out"].resolve()
+    req = IsoRequest.from_options(kw)
+    out: Path = req.out.resolve()
     if out.exists() and not out.is_dir():
-        raise BakeError(f"--out {kw['out']} is a file: name a directory")
+        raise BakeError(f"--out {req.out} is a file: name a directory")
     raw = raw_image(ctx, kw, bake, refuse_platform=False)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / (raw.name.removesuffix(".raw") + ".iso")
@@ -174,84 +164,13 @@ def run_iso(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, An
         "volume": label,
         "root": root,
     }
-    out_fmt.echo(kw["output"], record, str(dest))
+    out_fmt.echo(req.output, record, str(dest))
 
 
-def checked_hostname(hostname: str) -> str:
-    """A host name as RFC 1123 has it (dot-separated labels of letters, digits and inner hyphens)."""
-    if len(hostname) > 253 or not all(_HOST_LABEL.match(label) for label in hostname.split(".")):
-        raise BakeError(
-            f"hostname {hostname!r} is not valid: use letters, digits and hyphens (not first or last), "
-            "up to 63 per dot-separated label"
-        )
-    return hostname
-
-
-def checked_meta_data(path: Path) -> bytes:
-    """A NoCloud meta-data file: a YAML mapping with an ``instance-id`` (and a valid local-hostname)."""
-    data = path.read_bytes()
-    try:
-        meta = yaml.safe_load(data)
-    except yaml.YAMLError as exc:
-        raise BakeError(
-            f"--meta-data {path} is not valid YAML ({getattr(exc, 'problem', exc)}): fix it"
-        ) from None
-    if not isinstance(meta, dict):
-        raise BakeError(f"--meta-data {path} must be a YAML mapping such as `instance-id: node-1`")
-    instance = meta.get("instance-id")
-    if not isinstance(instance, str | int) or not str(instance).strip():
-        raise BakeError(f"--meta-data {path} has no instance-id: add `instance-id: SOMETHING-UNIQUE`")
-    if "local-hostname" in meta:
-        checked_hostname(str(meta["local-hostname"]))
-    return data
-
-
-def checked_user_data(path: Path, validate: bool) -> bytes:
-    """The machine config's bytes (``-``: stdin); with ``validate``, refused unless it is a valid config."""
-    data = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
-    path = Path("stdin") if str(path) == "-" else path
-    if validate:
-        from talos_os.config import ConfigError  # pydantic: imported only when a config is checked
-        from talos_os.config import loads as load_config
-
-        try:
-            load_config(data)
-        except ConfigError as err:
-            for issue in err.issues:
-                click.echo(f"  {issue}", err=True)
-            raise BakeError(
-                f"{path} is not a valid machine config ({len(err.issues)} problem(s) above): "
-                "fix it, or pass --no-validate to write it anyway"
-            ) from None
-    return data
-
-
-def cidata_record(iso: Path, meta: bytes) -> dict[str, object]:
-    """What ``cidata`` wrote, for ``-o json|yaml`` (never the config itself: it holds secrets)."""
-    fields = yaml.safe_load(meta)
-    return {
-        "iso": iso.resolve(),
-        "size_bytes": iso.stat().st_size,
-        "mode": f"{stat.S_IMODE(iso.stat().st_mode):04o}",
-        "volume": cidata_iso.VOLUME_ID,
-        "instance_id": str(fields["instance-id"]),
-        "hostname": fields.get("local-hostname"),
-    }
-
-
-def write_cidata(user_data: bytes, meta: bytes | None, hostname: str | None, dest: Path) -> Path:
-    """The NoCloud ISO at ``dest``, mode 0600 (it carries the config's secrets)."""
-    if meta is None:
-        meta = cidata_iso.default_meta_data(user_data, hostname)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    return cidata_iso.build_cidata(user_data, meta, dest, epoch=BakeOptions().epoch)
-
-
-def run_cidata(
-    user_data: Path, meta_data: Path | None, hostname: str | None, out: Path, validate: bool
-) -> tuple[Path, bytes]:
+def run_cidata(req: CidataRequest) -> tuple[Path, bytes]:
     """Everything ``cidata`` does after click parsed the options: all checks, then one write; returns
     the ISO and the meta-data it holds."""
+    meta_data, hostname, out = req.meta_data, req.hostname, req.out
     if meta_data is not None and hostname is not None:
         raise BakeError(
             "--hostname only applies to generated meta-data: put local-hostname in your --meta-data file"
@@ -263,12 +182,12 @@ def run_cidata(
             f"--out {out} names a directory, not the ISO: give e.g. --out _out (writes cidata.iso)"
         )
     if hostname is not None:
-        checked_hostname(hostname)
-    meta = checked_meta_data(meta_data) if meta_data is not None else None
-    data = checked_user_data(user_data, validate)
+        publish.checked_hostname(hostname)
+    meta = publish.checked_meta_data(meta_data) if meta_data is not None else None
+    data = publish.checked_user_data(req.user_data, req.validate)
     if meta is None:
         meta = cidata_iso.default_meta_data(data, hostname)
-    return write_cidata(data, meta, hostname, out / "cidata.iso"), meta
+    return publish.write_cidata(data, meta, hostname, out / "cidata.iso"), meta
 
 
 def _user_errors(func: Callable[[], None]) -> None:
@@ -336,19 +255,13 @@ def commands() -> list[click.Command]:
         "--no-validate", is_flag=True, help="Write the ISO even if the user-data is not a valid config."
     )
     @out_fmt.output_option()
-    def cidata(
-        user_data: Path,
-        meta_data: Path | None,
-        hostname: str | None,
-        out: Path,
-        no_validate: bool,
-        output: str,
-    ) -> None:
+    def cidata(**kw: Any) -> None:
         """A NoCloud config ISO (volume cidata) holding user-data and meta-data."""
 
         def run() -> None:
-            iso, meta = run_cidata(user_data, meta_data, hostname, out, not no_validate)
-            out_fmt.echo(output, cidata_record(iso, meta), str(iso))
+            req = CidataRequest.from_options(kw)
+            iso, meta = run_cidata(req)
+            out_fmt.echo(req.output, publish.cidata_record(iso, meta), str(iso))
 
         _user_errors(run)
 
