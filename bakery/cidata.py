@@ -12,9 +12,9 @@ import hashlib
 import io
 from pathlib import Path
 
-from bakery.atomic import atomic_path
 from bakery.image import DEFAULT_EPOCH
 from bakery.iso import frozen_pycdlib_clock, new_iso
+from talos_os.lib.atomic import atomic_path
 
 VOLUME_ID = "cidata"
 FILES = {"user-data": "/USER_DATA.;1", "meta-data": "/META_DATA.;1"}

@@ -1,7 +1,7 @@
 """The bakery's view of a GPT: the ISO builder takes kernel, initramfs and squashfs out of a baked
 image, and the installer checks the table on its target.
 
-The parsing and validation are the init's (:mod:`talos_os.init.gpt`, which grows EPHEMERAL on a
+The parsing and validation are the init's (:mod:`talos_os.lib.gpt`, which grows EPHEMERAL on a
 node); this module only turns its answers into byte offsets and one-sentence BakeErrors.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bakery.errors import BakeError
-from talos_os.init import gpt as _gpt
+from talos_os.lib import gpt as _gpt
 
 SECTOR = 512
 SIGNATURE = _gpt.SIGNATURE

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from bakery import layout, steps, upgrade_bundle
-from bakery.atomic import atomic_path, write_atomic
 from bakery.bake_options import manifest_options
 from bakery.errors import BakeError
 from bakery.fetch import Fetcher
@@ -37,6 +36,7 @@ from bakery.recipe import load_kernel, load_rootfs
 from bakery.stepcache import StepCache
 from bakery.steps import BakeContext
 from bakery.tools import run
+from talos_os.lib.atomic import atomic_path, write_atomic
 from talos_os.plugins import discover
 
 # format -> the output file of its conversion step (the step is named by the format)

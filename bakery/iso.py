@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from bakery import bootloader, gpt
-from bakery.atomic import atomic_path
 from bakery.errors import BakeError
 from bakery.filesystems import make_esp
 from bakery.tools import run
 from talos_os.install import image as install_image
+from talos_os.lib.atomic import atomic_path
 
 ROOT_PATH = "talos/root.sqsh"
 PAD_BYTES = 300 << 10

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from bakery.atomic import write_atomic
 from bakery.errors import BakeError
+from talos_os.lib.atomic import write_atomic
 
 LOCK_PATH = Path(__file__).parent / "recipes" / "bake.lock"
 

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import ipaddress
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Literal
 
 from cryptography import x509
@@ -27,6 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from talos_os.lib.atomic import write_with_mode
 
 ROLE_ADMIN = "os:admin"
 ROLE_READER = "os:reader"
@@ -400,47 +399,11 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
         )
 
 
-def _write_atomic(path: str | os.PathLike[str], data: bytes, mode: int) -> None:
-    """Write via a same-directory temp file created with ``mode``, fsync, then rename over ``path``.
-
-    The temp file is born with its final permissions (os.open, then fchmod to undo any umask), so a
-    secret is never readable by others at any point; readers see either the old or the new file.
-    """
-    target = Path(path)
-    directory = target.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist the rename itself; some filesystems refuse to fsync a directory, which is harmless."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_secret(path: str | os.PathLike[str], data: bytes) -> None:
     """Atomically write key material with mode 0600 from the moment the file exists."""
-    _write_atomic(path, data, 0o600)
+    write_with_mode(path, data, 0o600)
 
 
 def write_public(path: str | os.PathLike[str], data: bytes) -> None:
     """Atomically write public material (certificates) with mode 0644."""
-    _write_atomic(path, data, 0o644)
+    write_with_mode(path, data, 0o644)

@@ -32,7 +32,7 @@ from bakery.image import BakeOptions, BakeResult, bake  # noqa: E402
 from bakery.lock import LOCK_PATH  # noqa: E402
 from bakery.options import FAST_SQUASHFS_LEVEL, default_cache  # noqa: E402
 from bakery.stepcache import StepCache  # noqa: E402
-from talos_os.init.cgroups import cgroup2_mount  # noqa: E402
+from talos_os.lib.cgroups import cgroup2_mount  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # One build directory per test run; TALOS_TEST_BUILD lets concurrent runs keep apart.

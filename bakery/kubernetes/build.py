@@ -16,9 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bakery.atomic import atomic_path
 from bakery.errors import BakeError
 from talos_os.kubernetes import versions
+from talos_os.lib.atomic import atomic_path
 
 RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipes" / "kubernetes"
 RECIPE_FILES = ("main.go", "go.mod", "go.sum")

@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from bakery.errors import BakeError
 from platforms.aws.clients import error_code, explained, transient
 from platforms.aws.retrying import RetryPolicy, wait_until
-from talos_os.init.fetch import retry
+from talos_os.lib.retry import retry
 
 ROOT_DEVICE = "/dev/xvda"
 NAME_RULE = re.compile(r"^[A-Za-z0-9()\[\] ./\-'@_]{3,128}$")

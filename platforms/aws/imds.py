@@ -15,7 +15,8 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talos_os.init.fetch import ConfigRef, TransientError, retry
+from talos_os.lib.fetch import ConfigRef
+from talos_os.lib.retry import TransientError, retry
 
 DEFAULT_ENDPOINT = "http://169.254.169.254"
 IPV6_ENDPOINT = "http://[fd00:ec2::254]"

@@ -1,6 +1,6 @@
 """Bounded retries with jittered exponential backoff, and polling until AWS reports a state.
 
-The backoff itself is ``talos_os.init.fetch.retry`` (the node's, already tested); this adds the
+The backoff itself is ``talos_os.lib.retry.retry`` (the node's, already tested); this adds the
 AWS notion of what is worth retrying and a poll loop with a deadline.
 """
 
@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from bakery.errors import BakeError
 from platforms.aws.clients import transient
-from talos_os.init.fetch import retry
+from talos_os.lib.retry import retry
 
 T = TypeVar("T")
 

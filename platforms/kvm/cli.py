@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 import click
 
-from bakery.atomic import write_atomic
 from bakery.bake_options import bake_options
 from bakery.bake_run import run_bake
 from bakery.errors import BakeError
@@ -35,6 +34,7 @@ from platforms.image_source import (
 from platforms.kvm import publish
 from platforms.kvm.publish import DomainSpec, Network
 from talos_os import output as out_fmt
+from talos_os.lib.atomic import write_atomic
 
 PLATFORM = "kvm"
 

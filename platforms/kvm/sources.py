@@ -11,9 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from talos_os.init.cmdline import Cmdline
-from talos_os.init.cmdline import parse as parse_cmdline
-from talos_os.init.fetch import ConfigRef
 from talos_os.init.nocloud import (
     BlockDevice,
     Mounter,
@@ -23,6 +20,9 @@ from talos_os.init.nocloud import (
     parse_seed,
     read_cidata,
 )
+from talos_os.lib.cmdline import Cmdline
+from talos_os.lib.cmdline import parse as parse_cmdline
+from talos_os.lib.fetch import ConfigRef
 
 __all__ = [
     "FW_CFG_CONFIG",

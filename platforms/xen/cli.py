@@ -16,7 +16,6 @@ from typing import Any
 
 import click
 
-from bakery.atomic import atomic_path, write_atomic
 from bakery.bake_options import bake_options
 from bakery.bake_run import run_bake
 from bakery.errors import BakeError
@@ -33,6 +32,7 @@ from platforms.image_source import (
 from platforms.xen import publish
 from platforms.xen.publish import XenDomain
 from talos_os import output as out_fmt
+from talos_os.lib.atomic import atomic_path, write_atomic
 
 PLATFORM = "xen"
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol
 
-from talos_os.init.fetch import ConfigRef
+from talos_os.lib.fetch import ConfigRef
 
 XS_DIRECTORY = 1
 XS_READ = 2

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import yaml
 
 from talos_os.config import ConfigError, MachineConfig, loads
-from talos_os.init.fetch import ConfigRef, backoff_delay
+from talos_os.lib.fetch import ConfigRef
+from talos_os.lib.retry import backoff_delay
 
 Log = Callable[[str], None]
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from talos_os.init.cgroups import Usage
 from talos_os.init.supervisor import LogBuffer, Supervisor
+from talos_os.lib.cgroups import Usage
 
 log = logging.getLogger(__name__)
 

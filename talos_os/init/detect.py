@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from talos_os.init.cmdline import Cmdline
-from talos_os.init.cmdline import parse as parse_cmdline
 from talos_os.init.guest import Probe
+from talos_os.lib.cmdline import Cmdline
+from talos_os.lib.cmdline import parse as parse_cmdline
 from talos_os.plugins import PlatformPlugin, discover
 
 

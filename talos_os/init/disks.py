@@ -3,7 +3,7 @@
 Every boot, :func:`prepare_ephemeral`:
 
 1. finds the partitions by GPT name in ``/sys/class/block/*/uevent`` (``PARTNAME``);
-2. grows the GPT when the disk is larger than the image (:mod:`talos_os.init.gpt`) and tells the
+2. grows the GPT when the disk is larger than the image (:mod:`talos_os.lib.gpt`) and tells the
    kernel the new size of EPHEMERAL with ``BLKPG_RESIZE_PARTITION`` (BLKRPART would fail: ROOT-A
    is mounted);
 3. looks at the first MiB: all zeros is a blank partition, formatted with ``mkfs.ext4 -L
@@ -39,7 +39,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from talos_os.init import gpt, syscalls
+from talos_os.init import syscalls
+from talos_os.lib import gpt
 
 EPHEMERAL = "EPHEMERAL"
 VAR = Path("/var")

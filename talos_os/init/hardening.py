@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from talos_os.init.cmdline import Cmdline
+from talos_os.lib.cmdline import Cmdline
 
 KSPP_CMDLINE = ("init_on_alloc=1", "init_on_free=1", "slab_nomerge", "pti=on")
 KSPP_SYSCTLS: dict[str, str] = {

@@ -30,14 +30,12 @@ from typing import Any
 
 from talos_os import __version__
 from talos_os.config import MachineConfig, MachineType
-from talos_os.init import cgroups, disks, modules, network, reconfigure, syscalls
+from talos_os.init import disks, modules, network, reconfigure, syscalls
 from talos_os.init.acquire import Acquired, acquire_config
 from talos_os.init.apply import config_sysctls, save_config, write_files
-from talos_os.init.cmdline import Cmdline, read
 from talos_os.init.console import Console
 from talos_os.init.control import DEFAULT_SOCKET, ControlServer, supervisor_handlers
 from talos_os.init.detect import NoPlatformError, detect_with_reason
-from talos_os.init.fetch import Progress, fetch_url
 from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
 from talos_os.init.maintenance import Maintenance
@@ -51,6 +49,9 @@ from talos_os.install import image as install_image
 from talos_os.install import node as install_node
 from talos_os.kubernetes import kubeadm as kubeadm_config
 from talos_os.kubernetes import node as kubernetes_node
+from talos_os.lib import cgroups
+from talos_os.lib.cmdline import Cmdline, read
+from talos_os.lib.fetch import Progress, fetch_url
 from talos_os.plugins import UnknownPlatformError, discover, get
 from talos_os.upgrade.agent import DEFAULT_DEADLINE, Agent, NodeOps, node_ready
 

@@ -23,9 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from talos_os import maintenance, pki
-from talos_os.init.fetch import ConfigRef
 from talos_os.init.reconfigure import SAVED, read_saved
 from talos_os.init.supervisor.reaper import Reaper
+from talos_os.lib.fetch import ConfigRef
 
 AFTER = 3  # attempts without any config source before the maintenance API starts
 POLL = 0.25  # seconds between looks at the handoff file while the API runs

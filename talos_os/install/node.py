@@ -20,10 +20,10 @@ from pathlib import Path
 
 from talos_os import pki
 from talos_os.init import disks, syscalls
-from talos_os.init.cmdline import Cmdline
 from talos_os.init.reconfigure import SAVED
 from talos_os.install import image, writer
 from talos_os.install.disk import InstallError, System, check, inspect_target
+from talos_os.lib.cmdline import Cmdline
 
 ISO_DIR = Path("/run/talos/iso")
 NEW_VAR = Path("/run/talos/install-var")

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from talos_os.init.cgroups import unescape
+from talos_os.lib.cgroups import unescape
 
 PROC = Path("/proc")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -1,6 +1,6 @@
 """Fetch an upgrade bundle from an http(s) URL into a file, streaming, with retries and backoff.
 
-The config fetcher (:mod:`talos_os.init.fetch`) keeps a body in memory; a bundle is hundreds of MiB,
+The config fetcher (:mod:`talos_os.lib.fetch`) keeps a body in memory; a bundle is hundreds of MiB,
 so this one writes to disk as it goes and starts over on a transient failure (connection refused,
 reset, 5xx, 429) until the deadline. A 404 or any other 4xx is permanent: one sentence, at once.
 """
@@ -18,7 +18,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from talos_os.init.fetch import TRANSIENT_HTTP, TransientError, build_opener, retry
+from talos_os.lib.fetch import TRANSIENT_HTTP, build_opener
+from talos_os.lib.retry import TransientError, retry
 
 CHUNK = 1 << 20
 MAX_BYTES = 4 << 30

@@ -14,7 +14,6 @@ import click
 import pytest
 
 from bakery import bootloader, deb, elf, layout, policy
-from bakery.atomic import atomic_path
 from bakery.cli import parse_size
 from bakery.errors import BakeError
 from bakery.fetch import Fetcher, normalize, wheel_name_version
@@ -25,6 +24,7 @@ from bakery.progress import Progress
 from bakery.recipe import load_kernel
 from bakery.tools import which
 from talos_os.kmod import ModuleError, ModuleIndex
+from talos_os.lib.atomic import atomic_path
 from talos_os.plugins import discover
 
 MiB = 1 << 20

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from talos_os.init import stage1
-from talos_os.init.cmdline import parse
 from talos_os.init.hardening import KSPP_CMDLINE, KSPP_SYSCTLS, missing_kspp, write_sysctls
+from talos_os.lib.cmdline import parse
 
 
 def test_missing_kspp_names_each_absent_or_overridden_parameter() -> None:

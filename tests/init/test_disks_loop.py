@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from talos_os.init import disks, gpt, supervisor, syscalls
+from talos_os.init import disks, supervisor, syscalls
+from talos_os.lib import gpt
 
 MiB = 1 << 20
 

@@ -15,9 +15,9 @@ import pytest
 from talos_os import pki, talosconfig
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
 from talos_os.config import MachineConfig
-from talos_os.init.cgroups import CgroupTree
 from talos_os.init.control import ControlServer
 from talos_os.init.supervisor import LogBuffer, State, Supervisor
+from talos_os.lib.cgroups import CgroupTree
 from talos_os.osd.server import Osd, Settings
 
 T = 10.0

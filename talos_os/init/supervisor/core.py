@@ -13,7 +13,7 @@ stderr merged) goes to a :class:`~talos_os.init.supervisor.logbuffer.LogBuffer` 
 under ``log_dir``.
 
 Given a ``cgroup_root``, each service runs in its own cgroup v2 group below it (see
-:mod:`talos_os.init.cgroups`), which is where :meth:`Supervisor.usage` reads CPU and memory.
+:mod:`talos_os.lib.cgroups`), which is where :meth:`Supervisor.usage` reads CPU and memory.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from talos_os.init.cgroups import CgroupTree, Usage, proc_usage
 from talos_os.init.supervisor.logbuffer import LogBuffer
 from talos_os.init.supervisor.model import (
     Handle,
@@ -42,6 +41,7 @@ from talos_os.init.supervisor.model import (
 from talos_os.init.supervisor.process import ProcessRunner
 from talos_os.init.supervisor.reaper import Reaper, WaitReaper
 from talos_os.init.supervisor.restart import Verdict, decide_restart
+from talos_os.lib.cgroups import CgroupTree, Usage, proc_usage
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import os
 import subprocess
 from typing import IO
 
-from talos_os.init.cgroups import CgroupTree, join_and_exec
 from talos_os.init.supervisor.model import Handle, ServiceSpec
 from talos_os.init.supervisor.reaper import Reaper, WaitReaper
+from talos_os.lib.cgroups import CgroupTree, join_and_exec
 
 
 class ProcessHandle:

@@ -12,8 +12,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from talos_os.init.fetch import backoff_delay
 from talos_os.init.supervisor.model import Restart, ServiceSpec, State
+from talos_os.lib.retry import backoff_delay
 
 
 class Verdict(enum.StrEnum):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from talos_os.init import cmdline
+from talos_os.lib import cmdline
 
 
 def test_flags_values_and_order() -> None:

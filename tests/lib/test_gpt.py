@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bakery import layout
-from talos_os.init import gpt
+from talos_os.lib import gpt
 
 MiB = 1 << 20
 

@@ -10,15 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from talos_os.init.fetch import (
-    ConfigRef,
-    FetchError,
-    Progress,
-    TransientError,
-    backoff_delay,
-    fetch_url,
-    retry,
-)
+from talos_os.lib.fetch import ConfigRef, FetchError, Progress, fetch_url
+from talos_os.lib.retry import TransientError, backoff_delay, retry
 
 
 class Script:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from talos_os.init.cgroups import CgroupTree, Usage, cgroup2_mount, proc_usage, rss_bytes, unescape
 from talos_os.init.supervisor import Restart, ServiceSpec, State, Supervisor
+from talos_os.lib.cgroups import CgroupTree, Usage, cgroup2_mount, proc_usage, rss_bytes, unescape
 
 T = 10.0
 # Forks a child that would stay in the parent's group if joining happened after the spawn.
