@@ -1,40 +1,17 @@
 """The bakery's view of a GPT: the ISO builder takes kernel, initramfs and squashfs out of a baked
-image, and the installer checks the table on its target.
+image, the installer checks the table on its target, and publishing checks an --image.
 
-The parsing and validation are the init's (:mod:`talos_os.lib.gpt`, which grows EPHEMERAL on a
-node); this module only turns its answers into byte offsets and one-sentence BakeErrors.
+The parsing, validation and the partition record are the node library's (:mod:`talos_os.lib.gpt`,
+which grows EPHEMERAL on a node); this module only turns its failures into one-sentence BakeErrors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from bakery.errors import BakeError
 from talos_os.lib import gpt as _gpt
-
-SECTOR = 512
-SIGNATURE = _gpt.SIGNATURE
-
-
-@dataclass(frozen=True)
-class GptPartition:
-    """One used entry of the partition array, with byte offsets for copying it out."""
-
-    number: int
-    name: str
-    type_guid: str
-    guid: str
-    first_lba: int
-    last_lba: int
-
-    @property
-    def offset(self) -> int:
-        return self.first_lba * SECTOR
-
-    @property
-    def size(self) -> int:
-        return (self.last_lba - self.first_lba + 1) * SECTOR
+from talos_os.lib.gpt import SECTOR, GptPartition
 
 
 def parse_header(sector: bytes) -> _gpt.GptHeader | None:
@@ -57,14 +34,4 @@ def read_partitions(path: Path) -> list[GptPartition]:
             raise BakeError(
                 f"the GPT partition array of {path} is damaged ({exc}): the image is not usable"
             ) from None
-    return [
-        GptPartition(
-            number=p.number,
-            name=p.name,
-            type_guid=str(p.type_guid).upper(),
-            guid=str(p.guid),
-            first_lba=p.first_lba,
-            last_lba=p.last_lba,
-        )
-        for p in table.partitions
-    ]
+    return list(table.partitions)

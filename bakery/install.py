@@ -37,6 +37,7 @@ from talos_os.install.disk import (
     signatures,
 )
 from talos_os.install.writer import coalesce, runs, zero_range
+from talos_os.lib.gpt import SECTOR
 
 __all__ = [
     "Report",
@@ -181,6 +182,6 @@ def install(
 def backup_header_at_end(target: Target) -> bool:
     """True when the last sector holds a valid GPT header that says it is the backup at that LBA."""
     with open(target.path, "rb") as f:
-        f.seek(target.size - gpt.SECTOR)
-        header = gpt.parse_header(f.read(gpt.SECTOR))
-    return header is not None and header.current_lba == target.size // gpt.SECTOR - 1
+        f.seek(target.size - SECTOR)
+        header = gpt.parse_header(f.read(SECTOR))
+    return header is not None and header.current_lba == target.size // SECTOR - 1

@@ -6,8 +6,8 @@ import uuid
 from dataclasses import dataclass
 
 from bakery.errors import BakeError
+from talos_os.lib.gpt import SECTOR
 
-SECTOR = 512
 ALIGN = 2048  # sectors: 1 MiB alignment
 GPT_SECTORS = 34  # protective MBR + header + 32 sectors of entries (backup: 33 at the end)
 MiB = 1 << 20
@@ -16,7 +16,8 @@ NAMESPACE = uuid.UUID("6a1e7b8e-3f0c-4c55-9a43-51c0a5d1e2f4")
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """What a partition is: its GPT name, sgdisk type code and size (None: the rest of the disk)."""
+    """What a partition is: its GPT name, sgdisk type code and size (None: the rest of the disk).
+    No place on a disk yet: the same spec lands elsewhere on another disk size."""
 
     name: str
     type_code: str
@@ -26,7 +27,11 @@ class PartitionSpec:
 
 @dataclass(frozen=True)
 class Partition:
-    """Where a partition lands: first and last LBA (inclusive) and its pinned GUID."""
+    """Where a partition lands: first and last LBA (inclusive) and its pinned GUID.
+
+    The plan handed to sgdisk, not an entry read back (that is :class:`talos_os.lib.gpt.GptPartition`):
+    its type is sgdisk's short code (``8300``) and its GUID the string pinned by the image's seed,
+    which are what sgdisk's arguments and the manifest carry."""
 
     number: int
     name: str

@@ -41,10 +41,10 @@ from typing import BinaryIO, Protocol
 
 from talos_os.init import syscalls
 from talos_os.lib import gpt
+from talos_os.lib.gpt import SECTOR  # sysfs's unit for start and size, whatever the device's sector
 
 EPHEMERAL = "EPHEMERAL"
 VAR = Path("/var")
-SECTOR = 512  # sysfs reports start and size in 512-byte units whatever the device's sector size
 MiB = 1 << 20
 PROBE_BYTES = MiB  # blank means: the first MiB is all zeros
 RESIZE_SLACK = 4 * MiB  # resize2fs may leave a tail too small for a block group: do not retry it
@@ -74,7 +74,9 @@ class DiskError(RuntimeError):
 
 @dataclass(frozen=True)
 class Partition:
-    """A partition as the kernel sees it; ``start`` and ``size`` in 512-byte sectors."""
+    """A partition as the running kernel sees it (sysfs): its device node and disk, ``start`` and
+    ``size`` in 512-byte sectors. Not a table entry (:class:`talos_os.lib.gpt.GptPartition`): this is
+    a block device the init formats and mounts, and its size is what the kernel believes."""
 
     name: str
     device: str

@@ -29,7 +29,10 @@ HEADER_SIZE = struct.calcsize(HEADER_FORMAT)
 ENTRY_FORMAT = "<16s16sQQQ72s"
 ENTRY_MIN_SIZE = struct.calcsize(ENTRY_FORMAT)
 MAX_ENTRIES_BYTES = 1 << 20  # sanity bound: sgdisk writes 16 KiB
-SECTOR_SIZES = (512, 4096)
+# The one 512-byte sector: the logical sector of every image the bakery writes, and the unit the kernel
+# uses for partition start and size in sysfs and BLKPG whatever the device's own sector size.
+SECTOR = 512
+SECTOR_SIZES = (SECTOR, 4096)  # the logical sector sizes a table is looked for with
 ALIGN_BYTES = 1 << 20  # partitions end on a 1 MiB boundary, like the bakery lays them out
 MBR_PROTECTIVE = 0xEE
 
@@ -83,7 +86,9 @@ class GptHeader:
 
 @dataclass(frozen=True)
 class GptPartition:
-    """One used entry of the table; ``number`` is its 1-based index, as the kernel numbers it."""
+    """One used entry of a partition table as read from a disk or an image; ``number`` is its 1-based
+    index, as the kernel numbers it. The one record of an on-disk entry: the init grows it, the bakery
+    copies partitions out of images and compares tables with it."""
 
     number: int
     name: str
@@ -92,6 +97,17 @@ class GptPartition:
     first_lba: int
     last_lba: int
     attributes: int
+
+    @property
+    def offset(self) -> int:
+        """Byte offset of the first sector, in 512-byte sectors (:data:`SECTOR`, as our images have);
+        for a table read with other sectors use :attr:`Gpt.sector` instead."""
+        return self.first_lba * SECTOR
+
+    @property
+    def size(self) -> int:
+        """Length in bytes, in 512-byte sectors like :attr:`offset`."""
+        return (self.last_lba - self.first_lba + 1) * SECTOR
 
 
 @dataclass(frozen=True)

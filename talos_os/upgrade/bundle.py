@@ -39,6 +39,9 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class Part:
+    """One file of an upgrade bundle (root squashfs, kernel, initramfs) with its size and sha256: a
+    part of the bundle, not a disk partition (those are :class:`talos_os.lib.gpt.GptPartition`)."""
+
     name: str
     filename: str
     size: int

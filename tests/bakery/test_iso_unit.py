@@ -69,7 +69,10 @@ def test_gpt_reader_and_damaged_tables(tmp_path: Path) -> None:
         (1, "BOOT", 2048, 2 << 20),
         (2, "DATA", 6144, parts[1].size),
     ]
-    assert parts[0].type_guid == "0FC63DAF-8483-4772-8E79-3D69D8477DE4" and parts[0].offset == 1 << 20
+    assert (
+        str(parts[0].type_guid).upper() == "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+        and parts[0].offset == 1 << 20
+    )
     with pytest.raises(BakeError, match="not a talos-os image"):
         iso.sources_from_image(disk, tmp_path)
     raw = bytearray(disk.read_bytes())
