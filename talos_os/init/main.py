@@ -345,6 +345,7 @@ def phase_kubernetes(boot: Boot) -> None:
         join=not init,
         control_plane=cfg.machine.type.is_control_plane,
         pod_subnets=tuple(str(s) for s in cfg.cluster.network.pod_subnets),
+        control_plane_endpoint="" if init else kubeadm_config.api_server_endpoint(cfg),
     )
     role = {
         MachineType.INIT: "bootstraps the control plane",

@@ -44,6 +44,9 @@ class KubernetesPlan:
     join: bool = False  # controlplane and worker nodes join it (talos_os.kubernetes.join)
     control_plane: bool = True  # init and controlplane nodes; a worker's kubeadm waits for identity
     pod_subnets: tuple[str, ...] = ()  # the cluster's pod ranges (routes between nodes)
+    control_plane_endpoint: str = (
+        ""  # HOST:PORT a joining node's images wait for (talos_os.kubernetes.images)
+    )
 
 
 def node_services(
@@ -139,7 +142,8 @@ def kubernetes_services(plan: KubernetesPlan, env: Mapping[str, str], python: st
     specs = [
         ServiceSpec(
             name="images",
-            argv=[python, "-m", "talos_os.kubernetes.images"],
+            argv=[python, "-m", "talos_os.kubernetes.images"]
+            + (["--after", plan.control_plane_endpoint] if plan.join and plan.control_plane_endpoint else []),
             env=env,
             depends=["containerd"],
             conditions=[file_exists(CONTAINERD_SOCKET)],

@@ -60,12 +60,6 @@ def ca_cert_hash(ca: CertAndKey) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
-def api_server_endpoint(cfg: MachineConfig) -> str:
-    """``HOST:PORT`` of the control-plane endpoint, as kubeadm's discovery wants it."""
-    host, port = kubeadm.endpoint_host_port(str(cfg.cluster.control_plane.endpoint))
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def join_config(cfg: MachineConfig, node: kubeadm.NodeFacts) -> str:
     """kubeadm's JoinConfiguration for this node (control planes get a controlPlane section)."""
     doc: dict[str, object] = {
@@ -101,7 +95,7 @@ def discovery_kubeconfig(cfg: MachineConfig) -> str:
             {
                 "name": name,
                 "cluster": {
-                    "server": f"https://{api_server_endpoint(cfg)}",
+                    "server": f"https://{kubeadm.api_server_endpoint(cfg)}",
                     "certificate-authority-data": pki.b64encode(cfg.cluster.ca.crt_pem),
                 },
             }
@@ -149,7 +143,7 @@ def join(
     write_files(join_files(cfg, facts, retry), root)
     role = "control plane" if cfg.machine.type is MachineType.CONTROLPLANE else "worker"
     say(
-        f"joining {api_server_endpoint(cfg)} as a {role} (CA pinned by {ca_cert_hash(cfg.cluster.ca)[:19]}...)"
+        f"joining {kubeadm.api_server_endpoint(cfg)} as a {role} (CA pinned by {ca_cert_hash(cfg.cluster.ca)[:19]}...)"
     )
     return run_and_stamp(join_argv(kubeadm_binary), stamp, f"joined the cluster as a {role}", say)
 

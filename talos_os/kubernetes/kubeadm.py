@@ -181,6 +181,12 @@ def endpoint_host_port(endpoint: str) -> tuple[str, int]:
     return parts.hostname or "", parts.port or 443
 
 
+def api_server_endpoint(cfg: MachineConfig) -> str:
+    """``HOST:PORT`` of the control-plane endpoint, as kubeadm's discovery wants it."""
+    host, port = endpoint_host_port(str(cfg.cluster.control_plane.endpoint))
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def cert_sans(cfg: MachineConfig, node: NodeFacts) -> list[str]:
     """Names the API server certificate carries: the endpoint, the node, loopback and the config's own."""
     host, _port = endpoint_host_port(str(cfg.cluster.control_plane.endpoint))

@@ -140,8 +140,13 @@ def test_services_of_each_role() -> None:
     assert specs["osd"].depends == [] and "talos_os.trustd.server" in specs["trustd"].argv
     assert specs["routes"].argv[-1] == "--pod-subnet=10.244.0.0/16"
     worker = Identity(False, "worker-1", "10.5.0.3")
-    plan = KubernetesPlan("worker-1", "10.5.0.3", bootstrap=False, join=True, control_plane=False)
+    assert "--after" not in specs["images"].argv  # the init node imports at once: it bootstraps
+    plan = KubernetesPlan(
+        "worker-1", "10.5.0.3", bootstrap=False, join=True, control_plane=False,
+        control_plane_endpoint="10.5.0.2:6443",
+    )  # fmt: skip
     specs = {s.name: s for s in node_services(kubernetes=plan, identity=worker, python=env_python)}
+    assert specs["images"].argv[-2:] == ["--after", "10.5.0.2:6443"]
     assert list(specs) == ["containerd", "osd", "identity", "images", "kubeadm", "kubelet", "cni", "routes"]
     assert specs["osd"].depends == ["identity"] and specs["identity"].oneshot
     assert specs["identity"].argv[-4:] == ["--hostname", "worker-1", "--address", "10.5.0.3"]

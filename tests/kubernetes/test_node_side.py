@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import uuid
@@ -161,6 +162,30 @@ def test_images_check_imports_only_when_something_is_missing(tmp_path: Path) -> 
         )
         == []
     )
+
+
+def test_a_joining_node_imports_once_its_control_plane_answers(capsys: pytest.CaptureFixture[str]) -> None:
+    """Polled every 5 s, said at first and then every 300 s of waiting (not at every poll)."""
+    answers = iter([False] * 70 + [True])
+    naps: list[float] = []
+    waited = images.wait_until_answers("10.5.0.2:6443", probe=lambda _e: next(answers), sleep=naps.append)
+    assert waited == 350.0 and naps == [5.0] * 70
+    said = capsys.readouterr().out.splitlines()
+    assert said == [
+        "[images] importing once the control plane at 10.5.0.2:6443 answers (0 s so far)",
+        "[images] importing once the control plane at 10.5.0.2:6443 answers (300 s so far)",
+    ]
+    assert images.wait_until_answers("x:1", probe=lambda _e: True, sleep=naps.append) == 0.0
+
+
+def test_answers_is_a_tcp_connect() -> None:
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert images.answers(f"127.0.0.1:{port}")
+    assert not images.answers(f"127.0.0.1:{port}", timeout=1)  # closed now: refused
+    assert not images.answers("no-port-here")
 
 
 def test_containers_listing_names_pods_from_the_cri_log_links() -> None:
