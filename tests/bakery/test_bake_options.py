@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import click
+import pytest
 from click.testing import CliRunner
 
 import bakery.bake_run
