@@ -7,7 +7,8 @@ config still shows it booted; then the node waits for its config and comes up.
 
 PID 1 never exits: an unexpected exception is logged and the node reboots after a delay. Reboot,
 shutdown and reset requests (Ctrl-Alt-Del, or osd through the control socket) end in
-:func:`shutdown_node`: services stop in reverse order, file systems sync and unmount, then the
+:func:`shutdown_node`, which runs the ``REBOOT``, ``SHUTDOWN`` or ``RESET`` phase list, each phase
+logged with its duration: services stop in reverse order, file systems sync and unmount, then the
 reboot syscall.
 """
 
@@ -82,6 +83,7 @@ class Boot:
     control: ControlServer | None = None
     requests: queue.Queue[str] = field(default_factory=queue.Queue)
     durations: dict[str, float] = field(default_factory=dict)
+    stop_durations: dict[str, float] = field(default_factory=dict)  # the shutdown/reboot/reset phases
     upgrade: Agent | None = None
 
     def log(self, message: str) -> None:
@@ -440,21 +442,66 @@ def wait_for_request(boot: Boot) -> str:
             return boot.requests.get(timeout=1.0)
 
 
-def shutdown_node(boot: Boot, action: str) -> None:
-    """Stop services in reverse order, sync, unmount, then reboot or power off (reset wipes /var first)."""
-    boot.log(f"{action}: stopping services")
+# --- taking the node down: shutdown, reboot and reset are phase lists like boot ----------------
+
+
+@dataclass(frozen=True)
+class StopPhase:
+    """One step of taking the node down, run with the action (``reboot``, ``shutdown``, ``reset``).
+
+    ``best_effort``: a failure is logged and the next step runs (these steps ignored their errors
+    before they were phases); any other failure is logged and propagates to :func:`panic`, which
+    reboots the node after its delay, as the node did before.
+    """
+
+    name: str
+    run: Callable[[Boot, str], None]
+    best_effort: bool = False
+
+
+def stop_kubelet(boot: Boot, action: str) -> None:
+    """The kubelet first, or it restarts what :func:`stop_pods` stops."""
     if boot.supervisor is not None and boot.kubernetes is not None:
-        boot.supervisor.stop_service("kubelet", timeout=30.0)  # or it restarts what stop_pods stops
-        with contextlib.suppress(Exception):
-            kubernetes_node.stop_pods(lambda argv: supervisor_run(boot.reaper, argv, timeout=30.0), boot.log)
+        boot.supervisor.stop_service("kubelet", timeout=30.0)
+
+
+def stop_pods(boot: Boot, action: str) -> None:
+    """Every pod's containers, through the CRI (best effort: containerd may already be gone)."""
+    if boot.supervisor is not None and boot.kubernetes is not None:
+        kubernetes_node.stop_pods(lambda argv: supervisor_run(boot.reaper, argv, timeout=30.0), boot.log)
+
+
+def stop_services(boot: Boot, action: str) -> None:
+    """The supervised services, in reverse start order."""
     if boot.supervisor is not None:
         boot.supervisor.shutdown()
+
+
+def stop_control(boot: Boot, action: str) -> None:
+    """The control socket: nothing may ask for more once the services are gone."""
     if boot.control is not None:
         boot.control.stop()
+
+
+def release_network(boot: Boot, action: str) -> None:
+    """Links down and the DHCP lease handed back: the node will not come back as itself soon."""
     if boot.network is not None:
-        with contextlib.suppress(Exception):
-            boot.network.stop(release=action != "reboot")
+        boot.network.stop(release=True)
+
+
+def keep_lease(boot: Boot, action: str) -> None:
+    """Links down, the DHCP lease kept: a rebooting node asks for the same address again."""
+    if boot.network is not None:
+        boot.network.stop(release=False)
+
+
+def sync(boot: Boot, action: str) -> None:
+    """Dirty pages to disk before the file systems go."""
     os.sync()
+
+
+def unmount(boot: Boot, action: str) -> None:
+    """The /etc binds, then /var (detached when it is still busy); failures never stop the shutdown."""
     for name in WRITABLE_ETC:
         if os.path.ismount(f"/etc/{name}"):
             with contextlib.suppress(OSError):
@@ -466,12 +513,81 @@ def shutdown_node(boot: Boot, action: str) -> None:
             boot.log(f"{action}: unmount /var: {exc}; detaching it")
             with contextlib.suppress(OSError):
                 syscalls.umount("/var", syscalls.MNT_DETACH)
-    if action == "reset":
-        disks.wipe_ephemeral(disk_ops(boot), boot.log, prefer_disk=boot_disk())
-    os.sync()
-    reboot = action != "shutdown"
-    boot.log("rebooting" if reboot else "powering off")
-    syscalls.reboot(syscalls.LINUX_REBOOT_CMD_RESTART if reboot else syscalls.LINUX_REBOOT_CMD_POWER_OFF)
+
+
+def wipe_ephemeral(boot: Boot, action: str) -> None:
+    """Reset: EPHEMERAL wiped, so the next boot formats it afresh."""
+    disks.wipe_ephemeral(disk_ops(boot), boot.log, prefer_disk=boot_disk())
+
+
+def restart(boot: Boot, action: str) -> None:
+    """The reboot syscall (it does not return on a node)."""
+    boot.log("rebooting")
+    syscalls.reboot(syscalls.LINUX_REBOOT_CMD_RESTART)
+
+
+def power_off(boot: Boot, action: str) -> None:
+    """The power-off syscall (it does not return on a node)."""
+    boot.log("powering off")
+    syscalls.reboot(syscalls.LINUX_REBOOT_CMD_POWER_OFF)
+
+
+_STOP = [
+    StopPhase("stop kubelet", stop_kubelet),
+    StopPhase("stop pods", stop_pods, best_effort=True),
+    StopPhase("stop services", stop_services),
+    StopPhase("stop control socket", stop_control),
+]
+SHUTDOWN: list[StopPhase] = [
+    *_STOP,
+    StopPhase("release network", release_network, best_effort=True),
+    StopPhase("sync", sync),
+    StopPhase("unmount", unmount),
+    StopPhase("final sync", sync),
+    StopPhase("power off", power_off),
+]
+REBOOT: list[StopPhase] = [
+    *_STOP,
+    StopPhase("stop network", keep_lease, best_effort=True),
+    StopPhase("sync", sync),
+    StopPhase("unmount", unmount),
+    StopPhase("final sync", sync),
+    StopPhase("reboot", restart),
+]
+RESET: list[StopPhase] = [
+    *_STOP,
+    StopPhase("release network", release_network, best_effort=True),
+    StopPhase("sync", sync),
+    StopPhase("unmount", unmount),
+    StopPhase("wipe ephemeral", wipe_ephemeral),
+    StopPhase("final sync", sync),
+    StopPhase("reboot", restart),
+]
+STOP_PHASES: dict[str, list[StopPhase]] = {"shutdown": SHUTDOWN, "reboot": REBOOT, "reset": RESET}
+
+
+def run_stop_phases(boot: Boot, action: str, phases: list[StopPhase]) -> None:
+    """Run each step in order, logging its name and duration (``reboot phase sync: done in 3 ms``;
+    not ``phase ...``, which the boot bench reads as boot phases)."""
+    for phase in phases:
+        start = time.monotonic()
+        try:
+            phase.run(boot, action)
+        except Exception as exc:
+            took = (time.monotonic() - start) * 1000
+            boot.log(f"{action} phase {phase.name}: failed after {took:.0f} ms: {exc}")
+            if not phase.best_effort:
+                raise
+            continue
+        boot.stop_durations[phase.name] = time.monotonic() - start
+        boot.log(f"{action} phase {phase.name}: done in {boot.stop_durations[phase.name] * 1000:.0f} ms")
+
+
+def shutdown_node(boot: Boot, action: str) -> None:
+    """Stop services in reverse order, sync, unmount, then reboot or power off (reset wipes /var first):
+    the ``action``'s phase list."""
+    boot.log(f"{action}: stopping services")
+    run_stop_phases(boot, action, STOP_PHASES[action])
 
 
 def panic(boot: Boot, exc: BaseException) -> None:
