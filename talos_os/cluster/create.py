@@ -7,6 +7,7 @@ directory exists, any failure or Ctrl-C tears down what was made, exactly as ``d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -197,6 +198,16 @@ def build(opts: CreateOptions, nodes: list[Node], image: vm.Image, say: Say) -> 
     return state
 
 
+def _never_fails(say: Say) -> Say:
+    """``say`` that drops what it cannot write (EPIPE once the reader of stderr is gone)."""
+
+    def said(line: str) -> None:
+        with contextlib.suppress(OSError):
+            say(line)
+
+    return said
+
+
 def create(opts: CreateOptions, say: Say, wait: Callable[[ClusterState], None] | None = None) -> ClusterState:
     """Preflight, bake if needed, build, then ``wait`` (until healthy); any failure cleans up."""
     nodes = preflight(opts)
@@ -209,7 +220,8 @@ def create(opts: CreateOptions, say: Say, wait: Callable[[ClusterState], None] |
     except TimeoutError:
         raise  # the cluster stays for inspection; the caller says how to destroy it
     except BaseException:
-        say(f"cleaning up cluster {opts.name}")
-        destroy_mod.destroy(directory, opts.name, say=say)
+        quiet = _never_fails(say)  # a closed stderr (the caller went away) must not stop the cleanup
+        quiet(f"cleaning up cluster {opts.name}")
+        destroy_mod.destroy(directory, opts.name, say=quiet)
         raise
     return state

@@ -86,15 +86,21 @@ def test_ctrl_c_during_create_cleans_up_like_destroy(baked_image: BakeResult, tm
         lines.append(line)
         if line.startswith("context "):  # the VM runs and the context is merged: now wait for health
             break
-    state = ClusterState.load(root / name)
-    qemu_pid = int((state.node_dir(state.nodes[0]) / "qemu.pid").read_text())
-    assert Path(f"/proc/{qemu_pid}").exists() and netns.exists(state.netns)
-    proc.send_signal(signal.SIGINT)
-    rest = proc.stderr.read()
-    assert proc.wait(120) == 130, "".join(lines) + rest
-    assert "interrupted: the cluster was removed" in rest and "Traceback" not in rest
-    assert not Path(f"/proc/{qemu_pid}").exists() and not netns.exists(state.netns)
-    assert not (root / name).exists() and name not in talosconfig.load(tc).contexts
+    try:
+        state = ClusterState.load(root / name)
+        qemu_pid = int((state.node_dir(state.nodes[0]) / "qemu.pid").read_text())
+        assert Path(f"/proc/{qemu_pid}").exists() and netns.exists(state.netns)
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(600) == 130, "".join(lines) + rest
+        assert "interrupted: the cluster was removed" in rest and "Traceback" not in rest
+        assert not Path(f"/proc/{qemu_pid}").exists() and not netns.exists(state.netns)
+        assert not (root / name).exists() and name not in talosconfig.load(tc).contexts
+    finally:  # whatever failed, no VM of this test may stay to slow every later test down
+        proc.kill()
+        if (root / name).exists():
+            subprocess.run([str(OSCTL), "--talosconfig", str(tc), "cluster", "destroy", "--name", name,
+                            "--state", str(root)], capture_output=True, timeout=300)  # fmt: skip
 
 
 def test_create_shows_the_nodes_and_merges_a_context(cluster: LocalCluster) -> None:

@@ -242,3 +242,16 @@ def test_node_readiness_is_read_from_the_ready_condition() -> None:
         {"metadata": {"name": "c"}, "status": {}},
     ]  # fmt: skip
     assert health.node_conditions(items) == {"a": "True", "b": "Unknown", "c": "Unknown"}
+
+
+def test_cleanup_messages_never_stop_the_cleanup() -> None:
+    """Once the reader of stderr is gone (EPIPE), create's cleanup must still run to its end."""
+    from talos_os.cluster.create import _never_fails
+
+    def broken(_line: str) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    _never_fails(broken)("cleaning up cluster x")  # no exception
+    said: list[str] = []
+    _never_fails(said.append)("kept")
+    assert said == ["kept"]
