@@ -86,6 +86,8 @@ def test_ctrl_c_during_create_cleans_up_like_destroy(baked_image: BakeResult, tm
         lines.append(line)
         if line.startswith("context "):  # the VM runs and the context is merged: now wait for health
             break
+    else:
+        pytest.fail(f"create ended (exit {proc.wait(60)}) before it merged a context:\n{''.join(lines)}")
     try:
         state = ClusterState.load(root / name)
         qemu_pid = int((state.node_dir(state.nodes[0]) / "qemu.pid").read_text())
