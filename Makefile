@@ -10,7 +10,7 @@ APT_PACKAGES := $(shell grep -v '^[[:space:]]*\#' deps/apt-packages.txt | grep -
 # Go builds the Kubernetes payload; Debian's machines here keep it in /usr/local/go.
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all setup deps venv proto test quick lint typecheck pytest demo bench clean
+.PHONY: all setup deps venv proto test test-cluster quick lint typecheck pytest demo bench clean
 
 all: setup
 
@@ -51,6 +51,10 @@ pytest: proto
 	$(BIN)/pytest
 
 test: setup lint typecheck pytest
+
+# The local-cluster e2e (1 control plane + 2 workers under QEMU, 45-60 min under TCG on 2 cores).
+test-cluster: setup proto
+	TALOS_E2E_CLUSTER=1 $(BIN)/pytest tests/cluster/test_cluster_e2e.py -v
 
 # For iterations: lint, types and every test that neither bakes nor boots (a few minutes).
 quick: setup lint typecheck

@@ -24,7 +24,16 @@ from talos_os.cluster.state import ClusterState
 from talos_os.kubernetes import kubeadm
 from tools.localcluster import HELLO, OSCTL, LocalCluster, json_of
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(5400)]
+# A 1+2 cluster under TCG on 2 cores takes 25-30 min to become healthy (the API server's start
+# alone is 7-12 min), more than the suite's CI budget leaves: `make test-cluster` runs this module
+# (TALOS_E2E_CLUSTER=1); `make test` runs the cluster's host-side and unit tests only.
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(5400),
+    pytest.mark.skipif(
+        os.environ.get("TALOS_E2E_CLUSTER") != "1", reason="the cluster e2e runs with `make test-cluster`"
+    ),
+]
 
 HEALTHY_TIMEOUT = 2400
 _healthy: dict[str, str] = {}
