@@ -44,6 +44,7 @@ from talos_os.init.maintenance import persist as persist_config
 from talos_os.init.nocloud import kernel_mount
 from talos_os.init.nodestate import STATE_DIR, load_or_create
 from talos_os.init.services import OSD_PORT, Identity, KubernetesPlan, node_services
+from talos_os.init.stopphases import StopPhase, run_stop_phases
 from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
 from talos_os.install import image as install_image
@@ -445,20 +446,6 @@ def wait_for_request(boot: Boot) -> str:
 # --- taking the node down: shutdown, reboot and reset are phase lists like boot ----------------
 
 
-@dataclass(frozen=True)
-class StopPhase:
-    """One step of taking the node down, run with the action (``reboot``, ``shutdown``, ``reset``).
-
-    ``best_effort``: a failure is logged and the next step runs (these steps ignored their errors
-    before they were phases); any other failure is logged and propagates to :func:`panic`, which
-    reboots the node after its delay, as the node did before.
-    """
-
-    name: str
-    run: Callable[[Boot, str], None]
-    best_effort: bool = False
-
-
 def stop_kubelet(boot: Boot, action: str) -> None:
     """The kubelet first, or it restarts what :func:`stop_pods` stops."""
     if boot.supervisor is not None and boot.kubernetes is not None:
@@ -532,62 +519,35 @@ def power_off(boot: Boot, action: str) -> None:
     syscalls.reboot(syscalls.LINUX_REBOOT_CMD_POWER_OFF)
 
 
-_STOP = [
+_STOP: list[StopPhase[Boot]] = [
     StopPhase("stop kubelet", stop_kubelet),
     StopPhase("stop pods", stop_pods, best_effort=True),
     StopPhase("stop services", stop_services),
     StopPhase("stop control socket", stop_control),
 ]
-SHUTDOWN: list[StopPhase] = [
-    *_STOP,
-    StopPhase("release network", release_network, best_effort=True),
-    StopPhase("sync", sync),
-    StopPhase("unmount", unmount),
-    StopPhase("final sync", sync),
-    StopPhase("power off", power_off),
-]
-REBOOT: list[StopPhase] = [
-    *_STOP,
-    StopPhase("stop network", keep_lease, best_effort=True),
-    StopPhase("sync", sync),
-    StopPhase("unmount", unmount),
-    StopPhase("final sync", sync),
-    StopPhase("reboot", restart),
-]
-RESET: list[StopPhase] = [
-    *_STOP,
-    StopPhase("release network", release_network, best_effort=True),
-    StopPhase("sync", sync),
-    StopPhase("unmount", unmount),
-    StopPhase("wipe ephemeral", wipe_ephemeral),
-    StopPhase("final sync", sync),
-    StopPhase("reboot", restart),
-]
-STOP_PHASES: dict[str, list[StopPhase]] = {"shutdown": SHUTDOWN, "reboot": REBOOT, "reset": RESET}
 
 
-def run_stop_phases(boot: Boot, action: str, phases: list[StopPhase]) -> None:
-    """Run each step in order, logging its name and duration (``reboot phase sync: done in 3 ms``;
-    not ``phase ...``, which the boot bench reads as boot phases)."""
-    for phase in phases:
-        start = time.monotonic()
-        try:
-            phase.run(boot, action)
-        except Exception as exc:
-            took = (time.monotonic() - start) * 1000
-            boot.log(f"{action} phase {phase.name}: failed after {took:.0f} ms: {exc}")
-            if not phase.best_effort:
-                raise
-            continue
-        boot.stop_durations[phase.name] = time.monotonic() - start
-        boot.log(f"{action} phase {phase.name}: done in {boot.stop_durations[phase.name] * 1000:.0f} ms")
+def _down(
+    network: StopPhase[Boot], end: StopPhase[Boot], *before_final: StopPhase[Boot]
+) -> list[StopPhase[Boot]]:
+    """Services, the network, sync, unmount, anything ``before_final``, a last sync, then ``end``."""
+    return [*_STOP, network, StopPhase("sync", sync), StopPhase("unmount", unmount), *before_final,
+            StopPhase("final sync", sync), end]  # fmt: skip
+
+
+_RELEASE = StopPhase("release network", release_network, best_effort=True)
+_REBOOT = StopPhase("reboot", restart)
+SHUTDOWN = _down(_RELEASE, StopPhase("power off", power_off))
+REBOOT = _down(StopPhase("stop network", keep_lease, best_effort=True), _REBOOT)
+RESET = _down(_RELEASE, _REBOOT, StopPhase("wipe ephemeral", wipe_ephemeral))
+STOP_PHASES: dict[str, list[StopPhase[Boot]]] = {"shutdown": SHUTDOWN, "reboot": REBOOT, "reset": RESET}
 
 
 def shutdown_node(boot: Boot, action: str) -> None:
     """Stop services in reverse order, sync, unmount, then reboot or power off (reset wipes /var first):
     the ``action``'s phase list."""
     boot.log(f"{action}: stopping services")
-    run_stop_phases(boot, action, STOP_PHASES[action])
+    run_stop_phases(boot, action, STOP_PHASES[action], boot.log, boot.stop_durations)
 
 
 def panic(boot: Boot, exc: BaseException) -> None:
