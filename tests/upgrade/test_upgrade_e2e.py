@@ -11,6 +11,7 @@ with one upgrade. The tests run in file order and share their node.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -41,31 +42,13 @@ def bundles(
 ) -> dict[str, Path]:
     """N+1 (another version string: a new root) and a bundle of N whose init fails on purpose."""
     out = tmp_path_factory.mktemp("bundles")
+    base = BakeOptions(platform="kvm", lock_path=test_lock, quiet=True, squashfs_level=FAST_SQUASHFS_LEVEL)
     os.environ["TALOS_VERSION"] = NEXT
     try:
-        nxt = bake(
-            BakeOptions(
-                platform="kvm",
-                out=out / "next",
-                lock_path=test_lock,
-                quiet=True,
-                squashfs_level=FAST_SQUASHFS_LEVEL,
-            ),
-            ("upgrade",),
-        )
+        nxt = bake(dataclasses.replace(base, out=out / "next"), ("upgrade",))
     finally:
         del os.environ["TALOS_VERSION"]
-    fail = bake(
-        BakeOptions(
-            platform="kvm",
-            out=out / "fail",
-            lock_path=test_lock,
-            quiet=True,
-            extra_kernel_args=FAIL_ARGS,
-            squashfs_level=FAST_SQUASHFS_LEVEL,
-        ),
-        ("upgrade",),
-    )
+    fail = bake(dataclasses.replace(base, out=out / "fail", extra_kernel_args=FAIL_ARGS), ("upgrade",))
     return {"next": nxt.converted["upgrade"], "fail": fail.converted["upgrade"]}
 
 
