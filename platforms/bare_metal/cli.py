@@ -44,10 +44,6 @@ class InstallRequest:
     disk_size: str  # a bake option: sizes the target check before a bake
     output: str
 
-    @classmethod
-    def from_options(cls, kw: dict[str, Any]) -> InstallRequest:
-        return request_from(cls, kw)
-
 
 @dataclass(frozen=True)
 class IsoRequest:
@@ -55,10 +51,6 @@ class IsoRequest:
 
     out: Path
     output: str
-
-    @classmethod
-    def from_options(cls, kw: dict[str, Any]) -> IsoRequest:
-        return request_from(cls, kw)
 
 
 @dataclass(frozen=True)
@@ -122,7 +114,7 @@ def _bytes_progress(progress: Progress, what: str) -> Callable[[int, int], None]
 
 def run_install(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything ``install`` does after click parsed the options: the disk's checks come first."""
-    req = InstallRequest.from_options(kw)
+    req = request_from(InstallRequest, kw)
     image = checked_raw(ctx, kw, (*BAKE_ONLY, "out"))
     size = image.stat().st_size if image is not None else parse_size(req.disk_size)
     publish.preflight_disk(req.disk, image, size, req.force)
@@ -143,7 +135,7 @@ def run_install(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str
 
 def run_iso(ctx: click.Context, kw: dict[str, Any], bake: Callable[[dict[str, Any]], BakeResult]) -> None:
     """Everything ``iso`` does after click parsed the options (a live ISO may carry any platform's image)."""
-    req = IsoRequest.from_options(kw)
+    req = request_from(IsoRequest, kw)
     out: Path = req.out.resolve()
     if out.exists() and not out.is_dir():
         raise BakeError(f"--out {req.out} is a file: name a directory")
