@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from talos_os import __version__
-from talos_os.config import MachineConfig, MachineType
+from talos_os.config import MachineConfig, MachineNetwork, MachineType
 from talos_os.init import disks, modules, network, reconfigure, syscalls
 from talos_os.init.acquire import Acquired, acquire_config
 from talos_os.init.apply import config_sysctls, save_config, write_files
@@ -390,13 +390,20 @@ def reconfigure_handlers(boot: Boot) -> dict[str, Callable[[dict[str, Any]], Any
         assert boot.acquired is not None
         boot.acquired = dataclasses.replace(boot.acquired, config=cfg)
 
+    def network_now(netcfg: MachineNetwork | None) -> network.NetworkState:
+        assert boot.network is not None
+        wait = min(network.dhcp_timeout(netcfg), reconfigure.LIVE_DHCP_WAIT)
+        state = boot.network.configure(netcfg, timeout=wait)
+        boot.address = state.primary_address or boot.address
+        return state
+
     def reboot_soon() -> None:  # after the reply has gone back to osd
         threading.Timer(1.0, lambda: boot.requests.put("reboot")).start()
 
     effects = reconfigure.Effects(
         save=persist_config,
         publish=save_config,
-        apply_live=lambda cfg: reconfigure.apply_live(cfg, boot.address or None),
+        apply_live=lambda cfg: reconfigure.apply_live(cfg, boot.address or None, network_now),
         reboot=reboot_soon,
     )
     return reconfigure.control_handlers(

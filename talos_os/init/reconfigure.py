@@ -1,9 +1,10 @@
 """A new machine config for a running node (``osctl apply-config``): what changed, whether it can
 apply live, and doing it.
 
-Live (no reboot): ``machine.sysctls`` set or changed, ``machine.files``, ``machine.network.hostname``.
-Everything else (network links, certificates, Kubernetes, install, env, a removed sysctl, whose
-kernel value stays until a reboot) takes effect at the next boot. The modes are talosctl's:
+Live (no reboot): ``machine.sysctls`` set or changed, ``machine.files`` and all of
+``machine.network`` (the network manager is re-run with the new settings: addresses, routes,
+MTUs, DHCP or static, nameservers, hostname). Everything else (certificates, Kubernetes, install,
+env, a removed sysctl, whose kernel value stays until a reboot) takes effect at the next boot. The modes are talosctl's:
 ``auto`` applies live when it can and reboots otherwise, ``no-reboot`` refuses a change that needs a
 reboot, ``reboot`` saves and reboots, ``staged`` saves for the next boot. A config of another
 cluster (another OS CA or Kubernetes CA) is refused. The config is saved on EPHEMERAL
@@ -16,14 +17,19 @@ import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from talos_os.config import MachineConfig
 from talos_os.init.nodestate import STATE_DIR
 
+if TYPE_CHECKING:
+    from talos_os.config.model import MachineNetwork
+    from talos_os.init.network import NetworkState
+
 SAVED = STATE_DIR / "config.yaml"
 MODES = ("auto", "no-reboot", "reboot", "staged")
-LIVE_PREFIXES = ("machine.sysctls.", "machine.files", "machine.network.hostname")
+LIVE_PREFIXES = ("machine.sysctls.", "machine.files", "machine.network.")
+LIVE_DHCP_WAIT = 10.0  # a link switched to DHCP gets this long for a lease before the reply (then it goes on)
 _MISSING = object()
 
 
@@ -163,8 +169,26 @@ def read_saved(path: Path = SAVED) -> bytes | None:
 # --- on the node ------------------------------------------------------------------------------
 
 
-def apply_live(cfg: MachineConfig, address: str | None) -> list[str]:  # pragma: no cover - the node's kernel
-    """sysctls, files and hostname of ``cfg`` now (what the apply phase does at boot); what it did."""
+def network_summary(state: NetworkState) -> str:
+    """One line of what the links have after a live network change, for the operator."""
+    links = [
+        f"{link.name} {' '.join(link.addresses) or 'no address yet'} ({link.method})" for link in state.links
+    ]
+    servers = ", ".join(state.nameservers) or "none"
+    return f"network {'; '.join(links) or 'no links'}; nameservers {servers}"
+
+
+def apply_live(
+    cfg: MachineConfig,
+    address: str | None,
+    network_now: Callable[[MachineNetwork | None], NetworkState] | None = None,
+) -> list[str]:  # pragma: no cover - the node's kernel
+    """sysctls, files, network and hostname of ``cfg`` now (what the apply phase does at boot); what it did.
+
+    ``network_now`` re-runs the node's network manager with the new ``machine.network`` (it removes
+    what the old config added and adds what the new one asks for); the hostname then maps to the
+    node's address after that change.
+    """
     from talos_os.init import network, syscalls
     from talos_os.init.apply import config_sysctls, write_files
     from talos_os.init.hardening import write_sysctls
@@ -179,6 +203,10 @@ def apply_live(cfg: MachineConfig, address: str | None) -> list[str]:  # pragma:
     files = write_files(cfg)
     if files:
         done.append(f"wrote {', '.join(files)}")
+    if network_now is not None:
+        state = network_now(cfg.machine.network)
+        done.append(network_summary(state))
+        address = state.primary_address or address
     name = cfg.machine.network.hostname if cfg.machine.network else None
     if name:
         done.append(

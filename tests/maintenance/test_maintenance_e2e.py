@@ -5,27 +5,34 @@ Without a client certificate it answers version and disks and refuses everything
 whose install disk does not exist and one that is not YAML are refused with their errors; a good
 one installs the node to its disk and it reboots (the ISO still inserted: its GRUB menu boots the
 installed disk) into the configured system, which answers osctl with the generated talosconfig.
-The ISO is ejected, then on the running node apply-config changes a sysctl live, a config of
-another cluster is refused, and a reboot-only field is applied with --mode reboot (the VM reboots
-from its disk alone).
+The ISO is ejected, then on the running node apply-config changes a sysctl and the nameservers
+live (the network manager runs again, the API stays up), a config of another cluster is refused,
+and a reboot-only field (certSANs: osd's certificate is issued at its start) is applied with
+--mode reboot (the VM reboots from its disk alone).
 """
 
 from __future__ import annotations
 
+import base64
 import re
+import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
 from click.testing import CliRunner
+from cryptography import x509
 
 from bakery import qemu
 from bakery.cli import cli as bake_cli
 from bakery.image import BakeResult
 from talos_os import maintenance
+from talos_os import talosconfig as tc
 from talos_os.api.gen import node_pb2 as npb
 from talos_os.api.gen import node_pb2_grpc as npb_grpc
 from talos_os.config.generate import generate
@@ -37,6 +44,7 @@ from tools.nodevm import osctl as osctl_tc
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]  # three boots under TCG, an install between
 TIMEOUT = 900  # TCG on a shared 2-core machine
 OSCTL = str(Path(sys.executable).with_name("osctl"))
+SAN = "maint.example.test"
 FINGERPRINT = re.compile(r"maintenance: certificate fingerprint \(SHA-256\) ([0-9a-f]{64})")
 
 
@@ -44,6 +52,25 @@ def osctl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [OSCTL, "--talosconfig", "/nonexistent", *args], capture_output=True, text=True, timeout=180
     )
+
+
+def served_names(talosconfig: Path, endpoint: str) -> list[str]:
+    """The DNS names in the certificate osd serves (fetched with the operator's client identity)."""
+    ctx = tc.load(talosconfig).current()
+    with tempfile.TemporaryDirectory() as tmp:
+        crt, key = Path(tmp) / "crt", Path(tmp) / "key"
+        crt.write_bytes(base64.b64decode(ctx.crt))
+        key.write_bytes(base64.b64decode(ctx.key))
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        tls.check_hostname = False
+        tls.load_verify_locations(cadata=base64.b64decode(ctx.ca).decode())
+        tls.load_cert_chain(crt, key)
+        host, port = endpoint.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as raw, tls.wrap_socket(raw) as conn:
+            der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    sans = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return sans.value.get_values_for_type(x509.DNSName)
 
 
 def config(text: str, **machine: object) -> str:
@@ -69,9 +96,13 @@ def test_iso_to_installed_node_and_apply_config(baked_image: BakeResult, tmp_pat
     (tmp_path / "bad.yaml").write_text("machine: [\n")
     good = yaml.safe_load(files["good"].read_text())
     sysctl = {"net.ipv4.tcp_keepalive_time": "600"}
-    files["live"].write_text(config(files["good"].read_text(), sysctls=sysctl))
+    files["live"].write_text(
+        config(files["good"].read_text(), sysctls=sysctl,
+               network={**good["machine"]["network"], "nameservers": ["10.0.2.9"]})
+    )  # fmt: skip
+    live = yaml.safe_load(files["live"].read_text())
     files["reboot"].write_text(
-        config(files["live"].read_text(), network={**good["machine"]["network"], "nameservers": ["10.0.2.9"]})
+        config(files["live"].read_text(), certSANs=[*live["machine"]["certSANs"], SAN])
     )
     files["other"].write_text(generate("other", "https://10.5.0.2:6443").controlplane)
     talosconfig = tmp_path / "talosconfig"
@@ -144,6 +175,7 @@ def walk(
     assert dry.returncode == 0 and "machine.sysctls.net.ipv4.tcp_keepalive_time  (live)" in dry.stdout, (
         dry.stdout
     )
+    assert "machine.network.nameservers  (live)" in dry.stdout, dry.stdout
     assert (
         osctl_tc(talosconfig, node, "read", "/proc/sys/net/ipv4/tcp_keepalive_time").stdout.strip() != "600"
     )
@@ -152,6 +184,10 @@ def walk(
     assert (
         osctl_tc(talosconfig, node, "read", "/proc/sys/net/ipv4/tcp_keepalive_time").stdout.strip() == "600"
     )
+    assert "nameservers 10.0.2.9" in live.stdout, live.stdout  # the network manager's report
+    resolv = osctl_tc(talosconfig, node, "read", "/etc/resolv.conf")
+    assert "nameserver 10.0.2.9" in resolv.stdout, resolv.stdout + resolv.stderr
+    assert SAN not in served_names(talosconfig, node)
     other = osctl_tc(talosconfig, node, "apply-config", "--file", str(files["other"]))
     assert other.returncode == 1 and "belongs to another cluster" in other.stderr, other.stderr
     refused_nr = osctl_tc(
@@ -163,11 +199,12 @@ def walk(
     assert reboot.returncode == 0 and "the node reboots into it" in reboot.stdout, (
         reboot.stdout + reboot.stderr
     )
-    assert "machine.network.nameservers  (at reboot)" in reboot.stdout
+    assert "machine.certSANs  (at reboot)" in reboot.stdout, reboot.stdout
     wait_ready(vm, TIMEOUT, since)
     again = "\n".join(vm.lines[since:])
     assert re.search(r"stage1: root ROOT-A \(/dev/vda\d\) mounted", again), "booted from the disk, no ISO"
     wait_api(talosconfig, node, timeout=TIMEOUT)
+    assert SAN in served_names(talosconfig, node), "osd's certificate names the new certSANs"
     resolv = osctl_tc(talosconfig, node, "read", "/etc/resolv.conf")
     assert "nameserver 10.0.2.9" in resolv.stdout, resolv.stdout + resolv.stderr
     assert (

@@ -56,7 +56,7 @@ def test_changes_are_split_into_live_and_reboot(cluster: dict[str, str]) -> None
         "machine.sysctls.vm.swappiness": True,  # changed: written now
         "machine.sysctls.net.ipv4.tcp_fin_timeout": False,  # removed: the kernel keeps it until a reboot
         "machine.network.hostname": True,
-        "machine.network.nameservers": False,
+        "machine.network.nameservers": True,  # the network manager runs again with the new settings
         "machine.env.HTTP_PROXY": False,
     }
     assert reconfigure.changes(old, old) == []
@@ -64,20 +64,36 @@ def test_changes_are_split_into_live_and_reboot(cluster: dict[str, str]) -> None
 
 def test_modes_decide_what_happens() -> None:
     live = [reconfigure.Change("machine.sysctls.vm.swappiness", True)]
-    mixed = [*live, reconfigure.Change("machine.network.nameservers", False)]
+    mixed = [*live, reconfigure.Change("machine.env.HTTP_PROXY", False)]
     assert reconfigure.plan([], "auto") == "none"
     assert reconfigure.plan(live, "auto") == "live"
     assert reconfigure.plan(mixed, "auto") == "reboot"
     assert reconfigure.plan(live, "no-reboot") == "live"
     with pytest.raises(
         reconfigure.ReconfigureError,
-        match=r"machine.network.nameservers cannot change without a reboot: use --mode reboot",
+        match=r"machine.env.HTTP_PROXY cannot change without a reboot: use --mode reboot",
     ):
         reconfigure.plan(mixed, "no-reboot")
     assert reconfigure.plan(live, "reboot") == "reboot"
     assert reconfigure.plan(mixed, "staged") == "staged"
     with pytest.raises(reconfigure.ReconfigureError, match="unknown mode 'later'"):
         reconfigure.plan(live, "later")
+
+
+def test_a_live_network_change_is_reported_link_by_link() -> None:
+    from talos_os.init.network import LinkState, NetworkState
+
+    state = NetworkState(
+        (
+            LinkState("eth0", 2, None, "static", True, ("10.0.2.20/24",)),
+            LinkState("eth1", 3, None, "dhcp", False),
+        ),
+        nameservers=("10.0.2.9",),
+    )
+    assert reconfigure.network_summary(state) == (
+        "network eth0 10.0.2.20/24 (static); eth1 no address yet (dhcp); nameservers 10.0.2.9"
+    )
+    assert reconfigure.network_summary(NetworkState()) == "network no links; nameservers none"
 
 
 class Recorder:
