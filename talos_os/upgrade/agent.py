@@ -218,8 +218,11 @@ class Agent:
         node = self.kube_node()
         for _attempt in range(60):
             try:
-                if node:
-                    drain.uncordon(drain.Api.from_kubeconfig(), node)
+                found = drain.Api.of_node() if node else None
+                if node and found is None:
+                    raise drain.KubeError("the node has no Kubernetes credentials yet")
+                if node and found is not None:
+                    drain.uncordon(found[0], node)
                     self.log(f"slots: node {node} uncordoned")
                 writer.update_env(self.ops, lambda e: {**e, "talos_cordoned": ""})
                 return
@@ -318,14 +321,18 @@ class Agent:
             self.request_reboot()
 
     def _drain(self, node: str) -> None:
-        """Cordon and drain with the node's admin credentials; without them (a worker, or a node not yet
-        bootstrapped) there is nothing this node may evict, and it reboots undrained."""
-        kubeconfig = drain.ADMIN_KUBECONFIG
-        if not kubeconfig.exists():
-            self.log(f"upgrade: no {kubeconfig} on this node: rebooting without a drain")
-            return
+        """Cordon and drain with the node's own credentials (admin.conf on a control plane, the kubelet's
+        on a worker); a node that has never joined has none, nothing to evict, and reboots undrained."""
         try:
-            api = drain.Api.from_kubeconfig(kubeconfig)
+            found = drain.Api.of_node()
+            if found is None:
+                self.log(
+                    f"upgrade: neither {drain.ADMIN_KUBECONFIG} nor {drain.KUBELET_KUBECONFIG} on this node: "
+                    "rebooting without a drain"
+                )
+                return
+            api, kubeconfig = found
+            self.log(f"upgrade: draining node {node} with {kubeconfig}")
             writer.update_env(self.ops, lambda e: {**e, "talos_cordoned": "1"})
             drain.drain(api, node, log=self.log)
         except drain.KubeError as exc:  # the node reboots anyway: a drain is a courtesy to the pods

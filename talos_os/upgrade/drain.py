@@ -1,7 +1,9 @@
 """Cordon, drain and uncordon the node through the Kubernetes API, as ``kubectl drain`` does.
 
-The credentials are the ones the node has: an init node's ``/etc/kubernetes/admin.conf`` (kubeadm
-writes it). Evictions go through the Eviction API, so PodDisruptionBudgets are honoured (a 429 is
+The credentials are the ones the node has: a control plane's ``/etc/kubernetes/admin.conf``, else
+the kubelet's own ``/etc/kubernetes/kubelet.conf`` (a worker): with the Node authorizer and
+NodeRestriction a kubelet may cordon its own node and evict the pods bound to it, and nothing else,
+which is exactly what draining itself needs. Evictions go through the Eviction API, so PodDisruptionBudgets are honoured (a 429 is
 retried until the deadline). Mirror pods (static pods: the control plane itself), DaemonSet pods
 and finished pods are left alone, as ``kubectl drain --ignore-daemonsets`` leaves them.
 """
@@ -24,6 +26,7 @@ from typing import Any
 import yaml
 
 ADMIN_KUBECONFIG = Path("/etc/kubernetes/admin.conf")
+KUBELET_KUBECONFIG = Path("/etc/kubernetes/kubelet.conf")
 MIRROR = "kubernetes.io/config.mirror"
 
 
@@ -53,8 +56,17 @@ class Api:
             raise KubeError(f"cannot read the kubeconfig {path}: {exc}") from None
 
         def data(entry: dict[str, Any], key: str) -> bytes:
+            """Inline (``KEY-data``, as kubeadm writes admin.conf) or a file (``KEY``, as kubelet.conf
+            names the kubelet's rotating client certificate), relative to the kubeconfig."""
             value = entry.get(f"{key}-data")
-            return base64.b64decode(value) if value else b""
+            if value:
+                return base64.b64decode(value)
+            if entry.get(key):
+                try:
+                    return (path.parent / str(entry[key])).read_bytes()
+                except OSError as exc:
+                    raise KubeError(f"cannot read {key} of the kubeconfig {path}: {exc}") from None
+            return b""
 
         return cls(
             str(cluster["server"]),
@@ -62,6 +74,14 @@ class Api:
             data(user, "client-certificate"),
             data(user, "client-key"),
         )
+
+    @classmethod
+    def of_node(cls) -> tuple[Api, Path] | None:
+        """The node's own credentials (admin.conf, else kubelet.conf) and which file; None without either."""
+        for path in (ADMIN_KUBECONFIG, KUBELET_KUBECONFIG):
+            if path.exists():
+                return cls.from_kubeconfig(path), path
+        return None
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[http.client.HTTPConnection]:

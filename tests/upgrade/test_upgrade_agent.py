@@ -180,7 +180,7 @@ def test_readiness_is_osd_answering_and_the_kubelet_once_it_has_run(tmp_path: Pa
         server.server_close()
 
 
-def test_an_upgrade_without_admin_credentials_reboots_undrained(
+def test_an_upgrade_without_kubernetes_credentials_reboots_undrained(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(agent, "REBOOT_GRACE", 0.0)
@@ -190,6 +190,7 @@ def test_an_upgrade_without_admin_credentials_reboots_undrained(
     lines: list[str] = []
     a.log = lines.append
     monkeypatch.setattr(agent.drain, "ADMIN_KUBECONFIG", tmp_path / "absent.conf")
+    monkeypatch.setattr(agent.drain, "KUBELET_KUBECONFIG", tmp_path / "absent-too.conf")
     staged = a.staging / "install-3.bundle"
     staged.write_bytes(make_bundle(tmp_path, "0.2.0").read_bytes())
     a.start_install({"bundle": str(staged)})

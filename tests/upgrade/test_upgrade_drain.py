@@ -152,3 +152,33 @@ def test_kubeconfig_credentials_are_read(tmp_path: Path) -> None:
     )
     with pytest.raises(drain.KubeError, match="cannot read the kubeconfig"):
         drain.Api.from_kubeconfig(tmp_path / "missing.conf")
+
+
+def test_a_kubelet_kubeconfig_names_its_rotating_certificate_by_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kubeadm's kubelet.conf points at /var/lib/kubelet/pki/kubelet-client-current.pem (cert and key)."""
+    pem = tmp_path / "pki" / "kubelet-client-current.pem"
+    pem.parent.mkdir()
+    pem.write_bytes(b"CRT+KEY")
+    cfg = tmp_path / "kubelet.conf"
+    cfg.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: k\n"
+        "clusters:\n- name: c\n  cluster: {server: 'https://10.0.0.1:6443', certificate-authority-data: Q0E=}\n"
+        "contexts:\n- name: k\n  context: {cluster: c, user: u}\n"
+        "users:\n- name: u\n  user: {client-certificate: pki/kubelet-client-current.pem, "
+        "client-key: pki/kubelet-client-current.pem}\n"
+    )
+    got = drain.Api.from_kubeconfig(cfg)
+    assert (got.ca_pem, got.cert_pem, got.key_pem) == (b"CA", b"CRT+KEY", b"CRT+KEY")
+    pem.unlink()
+    with pytest.raises(drain.KubeError, match="cannot read client-certificate of the kubeconfig"):
+        drain.Api.from_kubeconfig(cfg)
+    # the node's own credentials: admin.conf wins, kubelet.conf otherwise, None without either
+    monkeypatch.setattr(drain, "ADMIN_KUBECONFIG", tmp_path / "admin.conf")
+    monkeypatch.setattr(drain, "KUBELET_KUBECONFIG", tmp_path / "absent.conf")
+    assert drain.Api.of_node() is None
+    pem.write_bytes(b"CRT+KEY")
+    monkeypatch.setattr(drain, "KUBELET_KUBECONFIG", cfg)
+    found = drain.Api.of_node()
+    assert found is not None and found[1] == cfg
