@@ -59,14 +59,12 @@ class LocalApiServer:
         return answer
 
 
-def _wait_ready(api: Api, procs: list[subprocess.Popen[bytes]], log: Path) -> None:
+def _wait_ready(api: Api, procs: dict[str, subprocess.Popen[bytes]], log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        for proc in procs:
+        for name, proc in procs.items():
             if proc.poll() is not None:
-                raise RuntimeError(
-                    f"{Path(str(proc.args[0])).name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
-                )
+                raise RuntimeError(f"{name} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
         with contextlib.suppress(Exception):
             status, _ = api.request("GET", "/readyz")
             if status == 200:
@@ -97,10 +95,10 @@ def local_api_server(k8s: Path, work: Path) -> Iterator[LocalApiServer]:
         (work / name).write_bytes(data)
     etcd_port, etcd_peer, api_port = _free_port(), _free_port(), _free_port()
     log = work / "kube.log"
-    procs: list[subprocess.Popen[bytes]] = []
+    procs: dict[str, subprocess.Popen[bytes]] = {}
     with open(log, "ab") as out:
         try:
-            procs.append(subprocess.Popen(
+            procs["etcd"] = subprocess.Popen(
                 [str(work / "bin" / "etcd"), "--data-dir", str(work / "etcd"), "--name", "local",
                  "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
                  "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
@@ -108,8 +106,8 @@ def local_api_server(k8s: Path, work: Path) -> Iterator[LocalApiServer]:
                  "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
                  "--initial-cluster", f"local=http://127.0.0.1:{etcd_peer}"],
                 stdout=out, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
-            procs.append(subprocess.Popen(
+            )  # fmt: skip
+            procs["kube-apiserver"] = subprocess.Popen(
                 [str(work / "bin" / "kube-apiserver"), "--etcd-servers", f"http://127.0.0.1:{etcd_port}",
                  "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
                  "--secure-port", str(api_port),
@@ -121,12 +119,12 @@ def local_api_server(k8s: Path, work: Path) -> Iterator[LocalApiServer]:
                  "--service-cluster-ip-range", SERVICE_RANGE,
                  "--authorization-mode", "Node,RBAC", "--enable-admission-plugins", "NodeRestriction"],
                 stdout=out, stderr=subprocess.STDOUT,
-            ))  # fmt: skip
+            )  # fmt: skip
             server = LocalApiServer(f"https://127.0.0.1:{api_port}", ca, log)
             _wait_ready(server.admin(), procs, log)
             yield server
         finally:
-            for proc in reversed(procs):
+            for proc in reversed(procs.values()):
                 proc.terminate()
                 try:
                     proc.wait(30)
