@@ -2,11 +2,14 @@
 
 Nodes are upgraded one after another (a rollout, not a stampede): each node either fetches the
 bundle from ``--image URL`` or receives ``--image PATH`` streamed over the API, then reports its
-progress (verify, write, drain, reboot) until it goes down into the new slot.
+progress (verify, write, drain, reboot) until it goes down into the new slot. With ``--wait`` the
+next node waits until this one has come back and its slots say how it ended: the new version kept,
+or the old one running again with the failure.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from talos_os.upgrade import bundle
 CHUNK = 1 << 20
 INSTALL_TIMEOUT = 3600.0  # seconds: download, verify and write under software emulation take minutes
 CALL_TIMEOUT = 30.0
+WAIT_TIMEOUT = 1800  # seconds: a reboot, then readiness (the kubelet on a Kubernetes node) under TCG
+WAIT_POLL = 5.0
 
 
 def _stub(ch: grpc.Channel) -> Any:
@@ -85,6 +90,51 @@ def _check_local(image: str) -> Path | None:
     return path
 
 
+def _running(slots: pb.UpgradeSlots) -> pb.UpgradeSlot | None:
+    return next((s for s in slots.slots if s.running), None)
+
+
+def outcome(before: pb.UpgradeSlots, now: pb.UpgradeSlots | None) -> tuple[bool, str] | None:
+    """How the upgrade ended, once the node's slots show it: (kept?, sentence); None while they do not.
+
+    Kept: the node runs another slot than before, no longer on trial and marked good. Failed: it
+    runs the slot it ran before and reports a failed attempt it did not report before.
+    """
+    if now is None or not now.ab:
+        return None  # rebooting, or not answering yet
+    was, running = _running(before), _running(now)
+    if was is None or running is None:
+        return None
+    if running.slot != was.slot:
+        if now.trial or running.state != "good":
+            return None
+        return True, f"running {running.version} from slot {running.slot}, kept"
+    if now.last_failure and now.last_failure != before.last_failure:
+        return False, f"back on {running.version} in slot {running.slot}: {now.last_failure}"
+    return None
+
+
+def _wait_back(target: Target, calls: Calls, before: pb.UpgradeSlots, timeout: float) -> tuple[bool, str]:
+    """Poll the node's slots until :func:`outcome` says how it ended; progress on stderr."""
+    start = time.monotonic()
+    said = ""
+    while time.monotonic() - start < timeout:
+        now = slots_of(target, calls)
+        found = outcome(before, now)
+        if found is not None:
+            return found
+        state = (
+            "not answering (rebooting)"
+            if now is None
+            else (f"slot {now.trial} on trial" if now.trial else "still on its old slot")
+        )
+        if state != said:
+            click.echo(f"{target.name}: waiting: {state} ({time.monotonic() - start:.0f} s)", err=True)
+            said = state
+        time.sleep(WAIT_POLL)
+    return False, f"did not show how the upgrade ended within {timeout:.0f} s (see `osctl version`)"
+
+
 def _upgrade_one(
     target: Target, calls: Calls, image: str, path: Path | None, stage: bool, no_drain: bool
 ) -> str:
@@ -124,22 +174,41 @@ def _upgrade_one(
     "--no-drain", is_flag=True, help="Do not cordon and drain the Kubernetes node before the reboot."
 )
 @click.option(
+    "--wait",
+    is_flag=True,
+    help="After each node's reboot, wait until it has kept the new version or fallen back (exit 1 then).",
+)
+@click.option(
+    "--wait-timeout", type=click.IntRange(min=1), default=WAIT_TIMEOUT, show_default=True, help="Seconds."
+)
+@click.option(
     "--preserve",
     is_flag=True,
-    help="Accepted as talosctl's: /var (etcd, images, machine id) is always kept here.",
+    hidden=True,  # talosctl's flag, accepted so scripts keep working: /var is always kept here
 )
-def upgrade_cmd(image: str, stage: bool, no_drain: bool, preserve: bool) -> None:
+def upgrade_cmd(
+    image: str, stage: bool, no_drain: bool, wait: bool, wait_timeout: int, preserve: bool
+) -> None:
     """Install a bundle into each node's other slot and boot it once; the node keeps it only if it comes up.
 
     os:admin only. If the new version does not become ready, the node boots the old slot again by
-    itself and `osctl version` reports the failed attempt.
+    itself and `osctl version` reports the failed attempt. /var (etcd, images, machine id) is
+    always kept. With --wait a rollout over several nodes goes on only while each one keeps the
+    new version.
     """
     path = _check_local(image)
     calls = _session()
     failed = False
     for target in calls.targets:
         try:
+            before = slots_of(target, calls) if wait and not stage else None
             click.echo(f"{target.name}: {_upgrade_one(target, calls, image, path, stage, no_drain)}")
+            if before is not None and before.ab:
+                kept, sentence = _wait_back(target, calls, before, wait_timeout)
+                click.echo(f"{target.name}: {sentence}", err=not kept)
+                if not kept:
+                    failed = True
+                    break  # a rollout stops at the first node that does not keep the new version
         except grpc.RpcError as err:
             failed = True
             click.echo(f"error: {target.name}: {explain(err, target)}", err=True)

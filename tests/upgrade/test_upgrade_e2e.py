@@ -95,9 +95,11 @@ def machine_id(text: str) -> str:
 def upgrade_and_come_back(node: Node, image: str, version: str) -> subprocess.CompletedProcess[str]:
     assert node.vm is not None
     since = len(node.vm.lines)
-    result = node.osctl("upgrade", "--image", image)
+    result = node.osctl("upgrade", "--image", image, "--wait", "--wait-timeout", str(2 * BOOT_TIMEOUT),
+                        timeout=3 * BOOT_TIMEOUT)  # fmt: skip
     assert result.returncode == 0, result.stderr + node.vm.output[-3000:]
     assert f"slot B holds {version}; rebooting into it" in result.stdout or "slot A holds" in result.stdout
+    assert re.search(rf"running {re.escape(version)} from slot [AB], kept", result.stdout), result.stdout
     node.vm.wait_for(rf"slots: booted slot [AB] \({re.escape(version)}\), on trial", BOOT_TIMEOUT, since)
     node.vm.wait_for(rf"slots: slot [AB] \({re.escape(version)}\) is ready", BOOT_TIMEOUT, since)
     node.wait_up(since)
@@ -170,9 +172,11 @@ def test_a_version_whose_init_fails_is_left_behind_by_itself(
     assert node.vm is not None
     since = len(node.vm.lines)
     url = node.files.url("fail.upgrade", bundles["fail"])
-    result = node.osctl("upgrade", "--image", url)
-    assert result.returncode == 0, result.stderr
+    result = node.osctl("upgrade", "--image", url, "--wait", "--wait-timeout", str(2 * BOOT_TIMEOUT),
+                        timeout=3 * BOOT_TIMEOUT)  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr  # --wait: the node did not keep it
     assert "downloading" in result.stderr
+    assert f"back on {__version__} in slot A: the upgrade to" in result.stderr, result.stderr
     node.vm.wait_for(r"slots: booted slot B .*, on trial", BOOT_TIMEOUT, since)
     node.vm.wait_for(r"fails on purpose", BOOT_TIMEOUT, since)
     node.vm.wait_for(r"slots: booted slot A", BOOT_TIMEOUT, since)
