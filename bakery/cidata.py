@@ -1,6 +1,6 @@
 """A NoCloud seed ISO (volume ``cidata`` with ``user-data`` and ``meta-data``), what
 ``cloud-localds`` makes: attach it to a machine as a CD and the bare-metal and KVM platforms read
-the machine config from it (talos_os/init/nocloud.py).
+the machine config from it (talos_os/plugins/nocloud.py).
 
 Rock Ridge and Joliet carry the real names (``user-data`` is not an ISO 9660 name); dates are
 pinned so the same files give the same ISO.

@@ -262,7 +262,7 @@ def test_the_real_graph_is_read() -> None:
     assert "talos_os.init.supervisor.model" in targets["talos_os.init.supervisor.core"]
     assert "talos_os.init.supervisor.core" in targets["talos_os.init.supervisor"]  # re-export
     assert "platforms.bare_metal.publish" in targets["platforms.kvm.cli"]  # imported inside a function
-    assert "talos_os.init.guest" in targets["talos_os.plugins"]  # under TYPE_CHECKING
+    assert "talos_os.plugins.guest" in targets["talos_os.plugins"]  # under TYPE_CHECKING
     assert len(graph) > 100
 
 
@@ -283,4 +283,18 @@ def test_no_import_cycles() -> None:
 
 def test_the_node_never_imports_bakery() -> None:
     offenders = bakery_imports(import_graph(module_files()))
+    assert not offenders, "\n".join(offenders)
+
+
+def test_plugins_and_the_shared_library_never_import_the_init() -> None:
+    """A platform plugin builds on the contract (talos_os.plugins) and the node library (talos_os.lib),
+    never on PID 1's own modules: the init is only the program that boots the node."""
+    graph = import_graph(module_files())
+    offenders = [
+        f"{name} imports {imp.target} (line {imp.line})"
+        for name, imps in graph.items()
+        if name.startswith(("platforms", "talos_os.plugins", "talos_os.lib"))
+        for imp in imps
+        if imp.target == "talos_os.init" or imp.target.startswith("talos_os.init.")
+    ]
     assert not offenders, "\n".join(offenders)

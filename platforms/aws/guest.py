@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 
 from platforms.aws.imds import DEFAULT_ENDPOINT, ImdsClient, fetch_aws_config
-from talos_os.init.guest import GuestContext, Probe
 from talos_os.lib.fetch import ConfigRef
+from talos_os.plugins.guest import GuestContext, Probe
 
 # EC2 product UUIDs start with "ec2"; some firmware shows the first field little-endian ("xxxx2?ec").
 _EC2_UUID = re.compile(r"^(ec2|[0-9a-f]{4}2[0-9a-f]ec)", re.IGNORECASE)

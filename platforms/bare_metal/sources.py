@@ -15,10 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from talos_os.init.nocloud import BlockDevice, Mounter, find_nocloud
 from talos_os.lib.cmdline import Cmdline
 from talos_os.lib.cmdline import parse as parse_cmdline
 from talos_os.lib.fetch import ConfigRef
+from talos_os.plugins.nocloud import BlockDevice, Mounter, find_nocloud
 
 VARIABLES = ("uuid", "mac", "hostname", "serial")
 _VAR = re.compile(r"\$\{([^}]*)\}")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from platforms.kvm.sources import FW_CFG_CONFIG, discover_config
-from talos_os.init.guest import GuestContext, Probe
 from talos_os.lib.fetch import ConfigRef
+from talos_os.plugins.guest import GuestContext, Probe
 
 
 class KvmGuest:

@@ -11,7 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from talos_os.init.nocloud import (
+from talos_os.lib.cmdline import Cmdline
+from talos_os.lib.cmdline import parse as parse_cmdline
+from talos_os.lib.fetch import ConfigRef
+from talos_os.plugins.nocloud import (
     BlockDevice,
     Mounter,
     NoCloudSeed,
@@ -20,9 +23,6 @@ from talos_os.init.nocloud import (
     parse_seed,
     read_cidata,
 )
-from talos_os.lib.cmdline import Cmdline
-from talos_os.lib.cmdline import parse as parse_cmdline
-from talos_os.lib.fetch import ConfigRef
 
 __all__ = [
     "FW_CFG_CONFIG",

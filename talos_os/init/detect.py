@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from talos_os.init.guest import Probe
 from talos_os.lib.cmdline import Cmdline
 from talos_os.lib.cmdline import parse as parse_cmdline
 from talos_os.plugins import PlatformPlugin, discover
+from talos_os.plugins.guest import Probe
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,9 @@ from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.console import Console
 from talos_os.init.control import DEFAULT_SOCKET, ControlServer, supervisor_handlers
 from talos_os.init.detect import NoPlatformError, detect_with_reason
-from talos_os.init.guest import Guest, GuestContext
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
 from talos_os.init.maintenance import Maintenance
 from talos_os.init.maintenance import persist as persist_config
-from talos_os.init.nocloud import kernel_mount
 from talos_os.init.nodestate import STATE_DIR, load_or_create
 from talos_os.init.services import OSD_PORT, Identity, KubernetesPlan, node_services
 from talos_os.init.stopphases import StopPhase, run_stop_phases
@@ -55,6 +53,8 @@ from talos_os.lib import cgroups
 from talos_os.lib.cmdline import Cmdline, read
 from talos_os.lib.fetch import Progress, fetch_url
 from talos_os.plugins import UnknownPlatformError, discover, get
+from talos_os.plugins.guest import Guest, GuestContext
+from talos_os.plugins.nocloud import kernel_mount
 from talos_os.upgrade.agent import DEFAULT_DEADLINE, Agent, NodeOps, node_ready
 
 WRITABLE_ETC = ("cni", "kubernetes")  # /etc/<name> is bind-mounted from /var/lib/talos/etc/<name>

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from talos_os.init import loopdev, syscalls
-from talos_os.init.fslabel import probe_label
 from talos_os.kmod import ModuleIndex
 from talos_os.lib import cmdline as kernel_cmdline
+from talos_os.lib.fslabel import probe_label
 
 NEWROOT = "/sysroot"
 MODULE_LIST = "/etc/talos/modules"  # written by the bakery: one module name per line, in load order

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from talos_os.init import loopdev, stage1, syscalls
-from talos_os.init.fslabel import probe_label
 from talos_os.init.stage1 import RootSpec
+from talos_os.lib.fslabel import probe_label
 
 
 def test_root_spec_partition_and_iso() -> None:

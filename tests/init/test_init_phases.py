@@ -12,12 +12,12 @@ from talos_os.config.generate import generate
 from talos_os.init import modules
 from talos_os.init.acquire import AcquirePolicy, acquire_config
 from talos_os.init.apply import config_sysctls, save_config, write_files
-from talos_os.init.guest import GuestContext
 from talos_os.init.main import Boot, run_phases
 from talos_os.init.nodestate import load_or_create
 from talos_os.lib.cmdline import parse
 from talos_os.lib.fetch import ConfigRef, FetchError
 from talos_os.plugins import discover
+from talos_os.plugins.guest import GuestContext
 from tools.nodevm import imds_server
 
 GOOD = generate("demo", "https://10.5.0.2:6443").controlplane

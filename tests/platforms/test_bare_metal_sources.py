@@ -10,7 +10,7 @@ import pytest
 
 from platforms.bare_metal import sources
 from platforms.bare_metal.sources import NodeFacts, SubstitutionError
-from talos_os.init.nocloud import BlockDevice
+from talos_os.plugins.nocloud import BlockDevice
 
 FACTS = NodeFacts(
     uuid="4c4c4544-0042-4410-8051-b4c04f4e4e32",

@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from bakery.cidata import build_cidata, default_meta_data
 from bakery.cli import cli
 from talos_os.config.generate import generate
-from talos_os.init import loopdev, nocloud
-from talos_os.init.nocloud import BlockDevice
+from talos_os.init import loopdev
+from talos_os.plugins import nocloud
+from talos_os.plugins.nocloud import BlockDevice
 
 USER_DATA = b"version: v1\nmachine:\n  type: worker\n"
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from platforms.kvm import sources
-from talos_os.init import nocloud
-from talos_os.init.nocloud import BlockDevice
+from talos_os.plugins import nocloud
+from talos_os.plugins.nocloud import BlockDevice
 
 
 def iso_image(path: Path, label: str) -> Path:

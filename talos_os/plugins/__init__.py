@@ -4,7 +4,7 @@ A platform is one package under ``platforms/`` with a ``PLUGIN`` registered in t
 ``talos_os.platforms`` entry-point group; platform names exist nowhere else. A plugin has two halves:
 
 - the **guest** half runs on the node: it recognises its platform (``detect``), then finds the
-  machine config and the hostname there (the :class:`~talos_os.init.guest.Guest` protocol);
+  machine config and the hostname there (the :class:`~talos_os.plugins.guest.Guest` protocol);
 - the **host** half runs on the operator's machine: the module named by ``host`` adds the platform's
   ``talos-bake`` commands (publishing) with ``register(group)``, as osctl's command groups do. It is
   imported only on the host, so the node never loads click or the bakery.
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 if TYPE_CHECKING:
     import click
 
-    from talos_os.init.guest import Guest
+    from talos_os.plugins.guest import Guest
 
 ENTRY_POINT_GROUP = "talos_os.platforms"
 

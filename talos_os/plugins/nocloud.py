@@ -18,8 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from talos_os.init.fslabel import probe_label
 from talos_os.lib.fetch import ConfigRef
+from talos_os.lib.fslabel import probe_label
 
 CIDATA_LABELS = ("cidata", "CIDATA")
 NOCLOUD_FSTYPES = ("vfat", "iso9660")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from talos_os.init.nocloud import BlockDevice, list_block_devices, read_smbios_serial
 from talos_os.lib.cmdline import Cmdline
 from talos_os.lib.fetch import ConfigRef
+from talos_os.plugins.nocloud import BlockDevice, list_block_devices, read_smbios_serial
 
 
 def _no_log(_message: str) -> None:
