@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from talos_os.lib.atomic import write_atomic
+
 ENV_STATE = "TALOS_CLUSTERS_DIR"
 DEFAULT_STATE = Path("~/.talos/clusters")
 DEFAULT_CIDR = "10.5.0.0/24"
@@ -129,10 +131,7 @@ class ClusterState:
     def save(self) -> None:
         """Write ``state.json`` atomically (temp name, then rename)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path = self.file("state.json")
-        tmp = path.with_name(".state.json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(self.file("state.json"), (json.dumps(self.to_dict(), indent=2) + "\n").encode())
 
     @classmethod
     def load(cls, directory: Path) -> ClusterState:

@@ -23,6 +23,7 @@ import grpc
 from talos_os.api.gen import upgrade_pb2 as pb
 from talos_os.api.gen import upgrade_pb2_grpc as pb_grpc
 from talos_os.init import control
+from talos_os.lib.atomic import atomic_path
 from talos_os.osd.auth import abort, current_caller
 from talos_os.upgrade import agent
 from talos_os.upgrade.download import DownloadError, download
@@ -89,12 +90,10 @@ class UpgradeServicer(pb_grpc.UpgradeServicer):
         try:
             self._preflight(context)
             self.staging.mkdir(mode=0o700, parents=True, exist_ok=True)
-            final = self.staging / "upload.bundle"
-            tmp = self.staging / ".upload.partial"
             h = hashlib.sha256()
             received = 0
             declared = 0
-            try:
+            with atomic_path(self.staging / "upload.bundle") as tmp:  # removed unless complete
                 with open(tmp, "wb") as f:
                     for chunk in request_iterator:
                         if not declared and chunk.size:
@@ -109,18 +108,12 @@ class UpgradeServicer(pb_grpc.UpgradeServicer):
                             )
                         h.update(chunk.data)
                         f.write(chunk.data)
-                    f.flush()
-                    os.fsync(f.fileno())
                 if declared and received != declared:
                     abort(
                         context,
                         grpc.StatusCode.INVALID_ARGUMENT,
                         f"the upload ended after {received} of {declared} bytes: send it again",
                     )
-                os.replace(tmp, final)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
             log.warning("upgrade bundle uploaded by %s: %d bytes", current_caller().name, received)
             return pb.UpgradeUploaded(bytes=received, sha256=h.hexdigest())
         finally:

@@ -7,7 +7,6 @@ reset, 5xx, 429) until the deadline. A 404 or any other 4xx is permanent: one se
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import ssl
@@ -18,6 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from talos_os.lib.atomic import atomic_path
 from talos_os.lib.fetch import TRANSIENT_HTTP, build_opener
 from talos_os.lib.retry import TransientError, retry
 
@@ -61,10 +61,9 @@ def download(
     """GET ``url`` into ``dest`` (a temporary name, then renamed); returns the bytes written."""
     check_url(url)
     opener = build_opener(ssl_context)
-    tmp = dest.with_name(f".{dest.name}.partial")
     name = shown(url)
 
-    def once() -> int:
+    def once(tmp: Path) -> int:
         try:
             with opener.open(urllib.request.Request(url, method="GET"), timeout=timeout) as resp:
                 length = resp.headers.get("Content-Length")
@@ -97,21 +96,14 @@ def download(
             raise TransientError(f"GET {name}: {type(exc).__name__}: {exc}") from None
 
     try:
-        size = retry(
-            once,
-            deadline=deadline,
-            base=1.0,
-            cap=15.0,
-            on_retry=lambda attempt, exc, delay: on_retry(attempt, str(exc), delay),
-            sleep=sleep,
-        )
+        with atomic_path(dest) as tmp:  # renamed once complete; removed on any failure
+            return retry(
+                lambda: once(tmp),
+                deadline=deadline,
+                base=1.0,
+                cap=15.0,
+                on_retry=lambda attempt, exc, delay: on_retry(attempt, str(exc), delay),
+                sleep=sleep,
+            )
     except TransientError as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
         raise DownloadError(f"the bundle could not be fetched within {deadline:.0f} s: {exc}") from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    os.replace(tmp, dest)
-    return size

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from talos_os.lib.atomic import atomic_path
 from talos_os.upgrade import bundle, grubenv, slots
 
 GRUBENV = Path("boot/grub/grubenv")  # on the BOOT filesystem
@@ -152,20 +153,15 @@ def write_boot_files(source: Path, manifest: bundle.Manifest, slot_dir: Path, pr
     for name in ("kernel", "initramfs"):
         part = manifest.parts[name]
         final = slot_dir / part.filename
-        tmp = slot_dir / f".{part.filename}.new"
-        with open(tmp, "wb") as f:
+        with atomic_path(final) as tmp, open(tmp, "wb") as f:  # renamed (after fsync) only if it matches
 
             def write(chunk: bytes, out: BinaryIO = f) -> None:
                 out.write(chunk)
 
             digest = bundle.copy_part(source, part, write)
             progress(f"writing {part.filename}", part.size, part.size)
-            f.flush()
-            os.fsync(f.fileno())
-        if digest != part.sha256:
-            tmp.unlink()
-            raise OSError(f"{final} was not written correctly")
-        os.replace(tmp, final)
+            if digest != part.sha256:
+                raise OSError(f"{final} was not written correctly")
     _fsync_dir(slot_dir)
 
 
