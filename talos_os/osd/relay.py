@@ -222,10 +222,28 @@ class RelayInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                     return
                 context.set_trailing_metadata(responses.trailing_metadata() or ())
 
+        def upload(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+            """A client stream (an upgrade bundle sent from the operator's disk) passes through as it comes."""
+            with auth._call(None, context, method), _open(relay, target, context) as ch:
+                call = ch.stream_unary(full, request_serializer=None, response_deserializer=None)
+                remaining = context.time_remaining()
+                try:
+                    response, info = call.with_call(
+                        (bytes(r) for r in requests),
+                        timeout=remaining if remaining and remaining < 1e6 else None,
+                    )
+                except grpc.RpcError as err:
+                    _fail(context, target, err)
+                    raise
+                context.set_trailing_metadata(info.trailing_metadata() or ())
+                return bytes(response)
+
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(unary)
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(stream)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(upload)
         return _refusal(f"{method} cannot be relayed to another node")
 
 

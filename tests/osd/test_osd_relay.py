@@ -14,6 +14,8 @@ from osdenv import Cluster, Node, connect, rpc_error, write_talosconfig
 
 from talos_os import pki
 from talos_os.api.gen import node_pb2 as pb
+from talos_os.api.gen import upgrade_pb2 as upb
+from talos_os.api.gen import upgrade_pb2_grpc as upb_grpc
 from talos_os.osctl.cli import cli as osctl
 from talos_os.osctl.client import Target, explain
 from talos_os.osd.auth import Caller, server_identity
@@ -57,6 +59,26 @@ def test_admin_calls_are_relayed_unary_and_streaming(cluster: Cluster, node: Nod
         # The far end's errors come back with its code, naming the node.
         err = rpc_error(lambda: stub.ServiceStart(pb.ServiceRequest(id="nope"), metadata=md(node), timeout=T))
         assert err.code() == grpc.StatusCode.NOT_FOUND and "nope" in err.details()
+
+
+def test_an_upload_stream_is_relayed_to_the_far_node(cluster: Cluster, node: Node, front: Osd) -> None:
+    """``osctl -e CP -n WORKER upgrade --image FILE`` streams the bundle through the control plane."""
+    me = cluster.client()
+    creds = grpc.ssl_channel_credentials(front.ca_pem, me.key_pem, me.cert_pem)
+    sent: list[int] = []
+
+    def chunks() -> Iterator[upb.UpgradeChunk]:
+        for i in range(3):
+            sent.append(i)
+            yield upb.UpgradeChunk(size=3 << 10 if i == 0 else 0, data=b"x" * 1024)
+
+    with grpc.secure_channel(f"127.0.0.1:{front.port}", creds) as ch:
+        stub = upb_grpc.UpgradeStub(ch)  # type: ignore[no-untyped-call]
+        err = rpc_error(lambda: stub.Upload(chunks(), metadata=md(node), timeout=T))
+    # The far node's osd answered: its init (a test supervisor) has no upgrade agent. Served by the
+    # front instead, the call would have found no init at all (UNAVAILABLE).
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert "unknown op 'upgrade_slots'" in err.details()
 
 
 def test_a_reader_stays_a_reader_at_the_far_end(cluster: Cluster, node: Node, front: Osd) -> None:
