@@ -2,7 +2,7 @@
 
 The cluster is created by the CLI (tests/cluster/conftest.py) and shared by the module. The first
 tests need only the host side and the init node; the ones marked NODE_SIDE need the node side of
-issue 13 (trustd, kubeadm join, routes between nodes, the osd relay). If the cluster never became
+issue 13 (trustd, kubeadm join, routes between nodes, the osd relay) and a worker's upgrade through the relay. If the cluster never became
 healthy, those fail at once with that reason rather than each waiting out its own timeout.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bakery.image import BakeResult
-from talos_os import pki, talosconfig
+from bakery.image import BakeOptions, BakeResult, bake
+from bakery.options import FAST_SQUASHFS_LEVEL
+from talos_os import __version__, pki, talosconfig
 from talos_os.cluster import health, netns
 from talos_os.cluster.state import ClusterState
 from talos_os.kubernetes import kubeadm
@@ -36,6 +38,7 @@ pytestmark = [
 ]
 
 HEALTHY_TIMEOUT = 2400
+NEXT = f"{__version__}.1-next"  # the version of the worker's upgrade
 _healthy: dict[str, str] = {}
 
 DEPLOYMENT = f"""
@@ -325,6 +328,57 @@ def test_a_powered_off_worker_and_a_rebooted_init_node_come_back(cluster: LocalC
         )
 
     cluster.wait(f"a hello pod Ready on {worker.name} again", hello_runs_there, 1200)
+
+
+def test_a_worker_upgraded_through_the_control_plane_is_drained_and_comes_back(
+    cluster: LocalCluster, test_lock: Path, tmp_path: Path
+) -> None:
+    """NODE_SIDE: ``osctl -n WORKER upgrade --image FILE --wait`` through the init node's osd (the
+    bundle streamed by the relay): the worker drains itself with its kubelet's identity (its hello pod
+    is evicted), reboots into N+1 and is uncordoned once ready, and a hello pod runs there again."""
+    needs_healthy()
+    worker = cluster.workers[0]
+    os.environ["TALOS_VERSION"] = NEXT
+    try:
+        opts = BakeOptions(platform="kvm", lock_path=test_lock, quiet=True, out=tmp_path / "next",
+                           squashfs_level=FAST_SQUASHFS_LEVEL)  # fmt: skip
+        bundle = bake(opts, ("upgrade",)).converted["upgrade"]
+    finally:
+        del os.environ["TALOS_VERSION"]
+
+    def hello_pods() -> dict[str, str]:  # pod name -> node
+        pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=hello", "-o", "json").stdout)["items"]
+        return {p["metadata"]["name"]: p["spec"].get("nodeName", "") for p in pods}
+
+    before = {name for name, node in hello_pods().items() if node == worker.name}
+    assert before, hello_pods()
+    result = cluster.osctl("-n", worker.address, "upgrade", "--image", str(bundle), "--wait",
+                           "--wait-timeout", "2400", timeout=3000)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr + cluster.serial(worker)[-3000:]
+    assert "uploading 100%" in result.stderr, result.stderr
+    assert f"running {NEXT} from slot B, kept" in result.stdout, result.stdout
+    serial = cluster.serial(worker)
+    assert "upgrade: draining node" in serial and "/etc/kubernetes/kubelet.conf" in serial, serial[-3000:]
+    assert re.search(r"drain: \d+ pods evicted", serial), serial[-3000:]
+    relayed = json_of(cluster.osctl("-n", worker.address, "version", "-o", "json"))
+    assert isinstance(relayed, dict) and relayed["servers"][0]["tag"] == NEXT
+
+    def uncordoned() -> bool:
+        node = json.loads(cluster.kubectl("get", "node", worker.name, "-o", "json").stdout)
+        return not node["spec"].get("unschedulable")
+
+    cluster.wait(f"{worker.name} uncordoned", uncordoned, 900)
+
+    def hello_back() -> bool:
+        pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=hello", "-o", "json").stdout)["items"]
+        return any(
+            p["spec"].get("nodeName") == worker.name
+            and p["metadata"]["name"] not in before  # a new pod: the old one was evicted by the drain
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            for p in pods
+        )
+
+    cluster.wait(f"a new hello pod Ready on {worker.name}", hello_back, 1200)
 
 
 def test_destroy_leaves_nothing(cluster: LocalCluster) -> None:
