@@ -2,8 +2,9 @@
 
 The cluster is created by the CLI (tests/cluster/conftest.py) and shared by the module. The first
 tests need only the host side and the init node; the ones marked NODE_SIDE need the node side of
-issue 13 (trustd, kubeadm join, routes between nodes, the osd relay) and a worker's upgrade through the relay. If the cluster never became
-healthy, those fail at once with that reason rather than each waiting out its own timeout.
+issue 13 (trustd, kubeadm join, routes between nodes, the osd relay) or upgrade a worker through
+the relay. If the cluster never became healthy, those fail at once with that reason rather than
+each waiting out its own timeout.
 """
 
 from __future__ import annotations
