@@ -28,8 +28,13 @@ _PATTERNS = (
         r"(?i)(?P<name>[\w.-]*(?:key|token|secret|passw(?:or)?d|credential)s?[\"']?\s*[:=]\s*)"
         r"(?P<value>(?!-----)[^\s,;}\]]{4,})"
     ),
-    # A long run of base64 with the characters hex and words lack (+, /, =): key material.
-    re.compile(r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*[+/])[A-Za-z0-9+/]{32,}={0,2}"),
+    # A long run of base64 with the characters hex and words lack (+, /, =): key material. Random
+    # base64 of that length has upper and lower case letters (a run without both: odds below 1e-7);
+    # URL and file paths ("6443/apis/apps/v1/namespaces/kube-system") mostly lack capitals: kept.
+    re.compile(
+        r"(?<![A-Za-z0-9+/])(?=[A-Za-z0-9+/]*[+/])(?=[A-Za-z0-9+/]*[A-Z])(?=[A-Za-z0-9+/]*[a-z])"
+        r"[A-Za-z0-9+/]{32,}={0,2}"
+    ),
 )
 
 

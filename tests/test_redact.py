@@ -27,6 +27,11 @@ def test_redact_removes_keys_and_tokens_but_keeps_ordinary_text() -> None:
     assert out.count(MARK) >= 4
     ordinary = "machine.network.hostname (line 3, column 15): expected a real date; sha256:" + "ab" * 32
     assert redact(ordinary) == ordinary
+    url = 'Get "https://10.5.0.2:6443/apis/apps/v1/namespaces/kube-system/deployments": context deadline exceeded'
+    assert redact(url) == url, "a URL path is not key material"
+    assert redact("/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs") == (
+        "/var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/12/fs"
+    )
     assert (
         redact("the password is hunter2-long-password", ["hunter2-long-password"])
         == f"the password is {MARK}"
