@@ -62,6 +62,10 @@ def test_documents_and_cluster_shape(init_config: MachineConfig, facts: NodeFact
     assert all(
         int(v.rstrip("ms").split("m")[0]) >= 4 for v in init["timeouts"].values()
     )  # minutes, not seconds
+    gogc = [{"name": "GOGC", "value": "200"}]  # less collector CPU for the control plane under emulation
+    for component in (cluster["apiServer"], cluster["controllerManager"], cluster["scheduler"]):
+        assert component["extraEnvs"] == gogc
+    assert cluster["etcd"]["local"]["extraEnvs"] == gogc
 
 
 def test_cis_flags(init_config: MachineConfig, facts: NodeFacts) -> None:
