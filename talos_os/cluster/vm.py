@@ -21,6 +21,10 @@ from talos_os.cluster.netns import run
 from talos_os.cluster.state import ClusterError, ClusterState, Node
 
 NICE = -10  # the VMs are what the cluster is waiting for; osctl and the forwarder are light
+# The nodes that join run below the init node: until its API server answers they only wait for it,
+# and under software emulation on a small host their kubelets and join retries took a third of the
+# CPU the init node needed to bootstrap the control plane. Idle CPU still goes to them.
+NICE_JOINING = 0
 
 
 @dataclass(frozen=True)
@@ -80,8 +84,9 @@ def qemu_argv(
     """The command that starts ``node`` detached, inside the cluster's namespace, at a raised priority."""
     d = state.node_dir(node)
     accel = ["-accel", "kvm", "-cpu", "host"] if kvm else ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    nice = NICE if node.role == "init" else NICE_JOINING
     argv = [
-        "ip", "netns", "exec", state.netns, "nice", "-n", str(NICE), qemu,
+        "ip", "netns", "exec", state.netns, "nice", "-n", str(nice), qemu,
         "-name", node.name,
         "-nodefaults", "-display", "none", "-daemonize",
         "-pidfile", str(d / "qemu.pid"),

@@ -174,7 +174,9 @@ def test_qemu_runs_in_the_namespace_on_an_overlay_with_the_config_over_fw_cfg(tm
     image = vm.Image(tmp_path / "talos-kvm.raw", "raw", tmp_path / "k", tmp_path / "i", state.cmdline)
     argv = vm.qemu_argv(state, node, image, kvm=False)
     d = state.node_dir(node)
-    assert argv[:8] == ["ip", "netns", "exec", "talos-demo", "nice", "-n", "-10", "qemu-system-x86_64"]
+    assert argv[:8] == ["ip", "netns", "exec", "talos-demo", "nice", "-n", "0", "qemu-system-x86_64"]
+    init = vm.qemu_argv(state, state.nodes[0], image, kvm=False)  # the init node goes first for the CPU
+    assert state.nodes[0].role == "init" and init[4:7] == ["nice", "-n", "-10"]
     joined = " ".join(argv)
     assert f"-pidfile {d / 'qemu.pid'}" in joined and "-daemonize" in argv
     assert f"file={d / 'disk.qcow2'},format=qcow2" in joined
