@@ -232,6 +232,9 @@ def test_services_plan() -> None:
         "file /var/lib/kubelet/config.yaml exists"
     ]
     assert "--hostname" in specs["kubeadm"].argv and specs["cni"].depends == ["kubelet"]
+    for go in ("containerd", "kubelet"):  # Go runtimes collect garbage less often (CPU under emulation)
+        env = specs[go].env
+        assert env is not None and env["GOGC"] == "200" and env["PATH"] == "/usr/sbin:/usr/bin"
     worker = {s.name for s in node_services(kubernetes=KubernetesPlan("w", "10.0.2.16", bootstrap=False))}
     assert "kubeadm" not in worker and "kubelet" in worker
 
