@@ -89,3 +89,20 @@ def test_live_iso_boots_to_the_init_banner(live: Path, firmware: str) -> None:
         stage1 = next(line for line in vm.lines if "stage1: root" in line)
         assert re.search(r"root talos/root\.sqsh on TALOS_[0-9A-F]{8} \(/dev/sr0, via /dev/loop\d+\)", stage1)
     print(f"live ISO, {firmware}: banner after {seconds:.1f} s")
+
+
+def test_under_uefi_the_iso_menu_boots_an_installed_disk(live: Path, baked_image: BakeResult) -> None:
+    """The ISO left in the drive after an install must not loop back into the installer: its menu
+    finds the installed disk's BOOT filesystem (by UUID) and boots it. The BIOS path is walked by the
+    maintenance e2e; this is EFI GRUB's. The baked image stands in for an installed disk (an install
+    writes that image, BOOT UUID included). The disk is in the boot order after the CD, as on a
+    machine that boots from disk once the ISO is gone: OVMF connects only the devices in its boot
+    order, and EFI GRUB sees no disk the firmware did not connect."""
+    devices = ["-device", "virtio-scsi-pci,id=scsi0", "-device", "scsi-cd,drive=cd0,bootindex=0",
+               "-drive", f"if=none,id=cd0,media=cdrom,readonly=on,file={live}",
+               "-drive", f"if=none,id=hd0,format=raw,snapshot=on,file={baked_image.raw}",
+               "-device", "virtio-blk-pci,drive=hd0,bootindex=1"]  # fmt: skip
+    with qemu.start(None, firmware="uefi", extra=devices) as vm:
+        vm.wait_for(qemu.BANNER, BOOT_TIMEOUT)
+        stage1 = next(line for line in vm.lines if "stage1: root" in line)
+    assert re.search(r"stage1: root ROOT-A \(/dev/vda\d\) mounted", stage1), stage1
