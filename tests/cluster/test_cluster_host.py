@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from bakery.image import BakeResult
+from bakery.options import FAST_SQUASHFS_LEVEL
 from talos_os import talosconfig
 from talos_os.cluster import destroy, forward, netns, vm
 from talos_os.cluster.state import ClusterState, plan_nodes
@@ -177,3 +179,22 @@ def test_cli_refusals_are_one_sentence(tmp_path: Path) -> None:
     assert no_health.exit_code == 1 and "no cluster x under" in no_health.output
     listing = runner.invoke(cli, ["cluster", "show", "--state", str(state), "-o", "json"])
     assert listing.exit_code == 0 and listing.output.strip() == "[]"
+
+
+@pytest.mark.e2e
+def test_without_image_create_bakes_one_with_the_bakery_cli(
+    baked_image: BakeResult, test_lock: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cluster create` without --image runs `talos-bake raw --platform kvm` (the step cache makes a
+    repeat bake a copy) and boots what it printed; a failing bake is one sentence."""
+    from talos_os.cluster import create as create_mod
+
+    monkeypatch.setenv("TALOS_BAKE_LOCK", str(test_lock))
+    said: list[str] = []
+    raw = create_mod.bake(["--locked", "--out", str(tmp_path), "--squashfs-level", str(FAST_SQUASHFS_LEVEL)],
+                          said.append)  # fmt: skip
+    assert raw == tmp_path / "talos-kvm.raw" and raw.stat().st_size == baked_image.raw.stat().st_size
+    assert said == [f"baking the image: raw --platform kvm -o json --locked --out {tmp_path} "
+                    f"--squashfs-level {FAST_SQUASHFS_LEVEL}"]  # fmt: skip
+    with pytest.raises(create_mod.ClusterError, match="the bake failed"):
+        create_mod.bake(["--disk-size", "1K"], said.append)
