@@ -1,6 +1,10 @@
 """`make bench` figures for local clusters: `osctl cluster create` to healthy for 1+1 and 1+2 nodes
 under TCG, the memory each role uses (inside the node and QEMU's RSS on the host), and trustd's time
-to issue the workers' certificates (from its log on the init node)."""
+to issue the workers' certificates (from its log on the init node).
+
+Run alone with ``python -m tools.bench_cluster`` (it bakes the release image first, a copy when the
+step cache has it).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from bakery.image import BakeResult
+from bakery.image import BakeOptions, BakeResult, bake
+from bakery.lockguard import guarded
 from talos_os.cluster import health, vm
 from talos_os.cluster.state import ClusterState, Node
 
 OSCTL = Path(sys.executable).with_name("osctl")
+OUT = Path("_build/bench-cluster")
 ISSUED = re.compile(r"issued an? (\S+) certificate for (\S+) .* in ([\d.]+) ms")
 
 
@@ -75,6 +81,15 @@ def report_cluster(image: BakeResult, workers: int) -> None:
                            capture_output=True, timeout=300, check=False)  # fmt: skip
 
 
-def report(image: BakeResult) -> None:
+def report(image: BakeResult | None = None) -> None:
+    if image is None:
+        image, _moved = guarded(
+            bake, BakeOptions(platform="kvm", out=OUT, quiet=True), update_lock=False, say=print
+        )
+    assert image is not None
     for workers in (1, 2):
         report_cluster(image, workers)
+
+
+if __name__ == "__main__":
+    report()
