@@ -163,9 +163,6 @@ def build(opts: CreateOptions, nodes: list[Node], image: vm.Image, say: Say) -> 
         directory=directory,
         cidr=opts.cidr,
         image=str(image.path),
-        kernel=str(image.kernel) if image.kernel else None,
-        initramfs=str(image.initramfs) if image.initramfs else None,
-        cmdline=image.cmdline,
         nodes=nodes,
     )
     opts.root.mkdir(mode=0o700, parents=True, exist_ok=True)

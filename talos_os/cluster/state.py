@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +63,6 @@ class ClusterState:
     directory: Path
     cidr: str
     image: str
-    kernel: str | None
-    initramfs: str | None
-    cmdline: str | None
     nodes: list[Node]
     forwards: dict[str, int] = field(default_factory=dict)
     host_forwards: dict[str, int] = field(default_factory=dict)  # "GATEWAY:PORT" -> host 127.0.0.1 port
@@ -146,7 +143,8 @@ class ClusterState:
             raise ClusterError(f"cannot read cluster state {path} ({exc}); destroy the cluster") from None
         data["directory"] = Path(data["directory"])
         data["nodes"] = [Node(**n) for n in data["nodes"]]
-        return cls(**data)
+        known = {f.name for f in fields(cls)}  # an older state's extra keys (kernel, ...) are ignored
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def netns_name(cluster: str) -> str:

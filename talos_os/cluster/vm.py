@@ -2,8 +2,10 @@
 
 Each node boots the shared image through a qcow2 overlay of its own (never a copy), gets its
 machine config over fw_cfg (``opt/talos/config``, which the kvm platform reads), writes its serial
-console to ``serial.log`` (appended across restarts) and leaves a pid file. With a bake's kernel and
-initramfs next to the image the node boots them directly (no firmware disk reads, ~20 s faster).
+console to ``serial.log`` (appended across restarts) and leaves a pid file. A node boots from its
+disk through the firmware and GRUB, as a machine does: that is what lets ``osctl upgrade`` and
+``osctl rollback`` switch its slot (a kernel given to QEMU directly would boot ROOT-A every time).
+The image must be baked for the kvm platform without a config URL: the config comes over fw_cfg.
 """
 
 from __future__ import annotations
@@ -29,13 +31,10 @@ NICE_JOINING = 0
 
 @dataclass(frozen=True)
 class Image:
-    """A raw (or qcow2) image, and the direct-boot pieces a bake writes beside it when present."""
+    """A raw (or qcow2) image the nodes boot from (each through a qcow2 overlay)."""
 
     path: Path
     format: str
-    kernel: Path | None = None
-    initramfs: Path | None = None
-    cmdline: str | None = None
 
 
 def image_format(path: Path) -> str:
@@ -44,21 +43,28 @@ def image_format(path: Path) -> str:
 
 
 def find_image(path: Path) -> Image:
-    """Check the image exists; pick up ``PATH.manifest.json``'s kernel, initramfs and command line."""
+    """Check the image exists and, from ``PATH.manifest.json`` when the bake wrote one, that it boots
+    the kvm platform without a config URL (the cluster gives each node its config over fw_cfg)."""
     if not path.is_file():
         raise ClusterError(
             f"image {path} does not exist: bake one (`talos-bake raw --platform kvm`) or pass --image PATH"
         )
     manifest = path.with_name(path.name + ".manifest.json")
-    kernel = initramfs = None
-    cmdline = None
     if manifest.is_file():
         data = json.loads(manifest.read_text())
-        stem = path.name.removesuffix(".raw")
-        k, i = path.with_name(f"{stem}-vmlinuz"), path.with_name(f"{stem}-initramfs.zst")
-        if k.is_file() and i.is_file() and data.get("cmdline"):
-            kernel, initramfs, cmdline = k, i, str(data["cmdline"])
-    return Image(path.resolve(), image_format(path), kernel, initramfs, cmdline)
+        words = str(data.get("cmdline", "")).split()
+        platform = next((w.split("=", 1)[1] for w in words if w.startswith("talos.platform=")), "kvm")
+        if platform != "kvm":
+            raise ClusterError(
+                f"image {path} is baked for the {platform} platform: a local cluster boots kvm images "
+                "(`talos-bake raw --platform kvm`)"
+            )
+        if any(w.startswith("talos.config=") for w in words):
+            raise ClusterError(
+                f"image {path} has a config URL on its kernel command line: the cluster gives each node "
+                "its config over fw_cfg; bake it without --config-url"
+            )
+    return Image(path.resolve(), image_format(path))
 
 
 def kvm_usable() -> bool:
@@ -70,12 +76,6 @@ def kvm_usable() -> bool:
     except OSError:
         return False
     return True
-
-
-def node_cmdline(base: str) -> str:
-    """The bake's command line, platform kvm, without any config URL (the config comes over fw_cfg)."""
-    words = [w for w in base.split() if not w.startswith(("talos.platform=", "talos.config="))]
-    return " ".join([*words, "talos.platform=kvm"])
 
 
 def qemu_argv(
@@ -100,15 +100,6 @@ def qemu_argv(
         "-device", f"virtio-net-pci,netdev=n0,mac={node.mac}",
         "-fw_cfg", f"name=opt/talos/config,file={d / 'config.yaml'}",
     ]  # fmt: skip
-    if image.kernel and image.initramfs and image.cmdline:
-        argv += [
-            "-kernel",
-            str(image.kernel),
-            "-initrd",
-            str(image.initramfs),
-            "-append",
-            node_cmdline(image.cmdline),
-        ]
     return argv
 
 
@@ -123,9 +114,7 @@ def create_disk(state: ClusterState, node: Node, image: Image) -> Path:
 
 def image_of(state: ClusterState) -> Image:
     path = Path(state.image)
-    kernel = Path(state.kernel) if state.kernel else None
-    initramfs = Path(state.initramfs) if state.initramfs else None
-    return Image(path, image_format(path), kernel, initramfs, state.cmdline)
+    return Image(path, image_format(path))
 
 
 def start(state: ClusterState, node: Node) -> int:

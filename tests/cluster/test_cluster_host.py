@@ -100,7 +100,7 @@ def made_state(tmp_path: Path) -> ClusterState:
     nodes = plan_nodes("half", controlplanes=1, workers=1)
     state = ClusterState(
         name="half", directory=tmp_path / "clusters" / "half", cidr="10.5.0.0/24", image="/x.raw",
-        kernel=None, initramfs=None, cmdline=None, nodes=nodes,
+        nodes=nodes,
     )  # fmt: skip
     state.save()
     configs = state.file("configs")
