@@ -33,6 +33,8 @@ STAGE2_LAUNCHER = """#!/usr/bin/python3.11 -I
 import ctypes, time, traceback
 
 try:
+    from talos_os.init import early
+    parked = early.park()  # osd imports on the other CPU while the init imports below
     from talos_os.init.main import main
 except BaseException:
     with open("/dev/console", "w") as console:
@@ -41,7 +43,7 @@ except BaseException:
     ctypes.CDLL(None).reboot(0x01234567)
     while True:
         time.sleep(3600)
-main()
+main(parked)
 """
 
 # Files in /etc that change at run time live in /run (the root is read-only).

@@ -37,7 +37,9 @@ from tools import nodevm
 
 KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
 PHASE_DONE = re.compile(r"\[talos\] phase (.+): done in (\d+) ms")
-OSD_START = re.compile(r"started ([\d.]+) s after boot, imports ([\d.]+) s, serving ([\d.]+) s later")
+OSD_START = re.compile(
+    r"started ([\d.]+) s after boot, imports ([\d.]+) s, (?:parked ([\d.]+) s, )?serving ([\d.]+) s later"
+)
 READY_RSS = re.compile(r"init resident memory (\d+) KiB")
 
 
@@ -143,7 +145,9 @@ def boot_once(raw: Path, firmware: str, config: str, talosconfig: Path, memory_m
             logs = nodevm.osctl(talosconfig, endpoint, "logs", "osd").stdout
             m = OSD_START.search(logs)
             if m:
-                run.osd_start = {"started": float(m[1]), "imports": float(m[2]), "serving": float(m[3])}
+                run.osd_start = {"started": float(m[1]), "imports": float(m[2]), "serving": float(m[4])}
+                if m[3] is not None:
+                    run.osd_start["parked"] = float(m[3])
     return run
 
 
@@ -175,6 +179,7 @@ def table(runs: dict[str, list[BootRun]]) -> list[str]:
     )
     for label, get in (
         ("osd imports", lambda b: b.osd_start.get("imports")),
+        ("osd parked (init not ready)", lambda b: b.osd_start.get("parked")),
         ("osd start after imports", lambda b: b.osd_start.get("serving")),
         ("init RSS (MiB)", lambda b: b.init_rss_mib),
         ("osd RSS (MiB)", lambda b: b.osd_rss_mib),

@@ -12,8 +12,9 @@ from pathlib import Path
 from talos_os import pki
 from talos_os.config import FileOp, MachineConfig
 from talos_os.init.hardening import KSPP_SYSCTLS
+from talos_os.init.runpaths import CONFIG_PATH
 
-CONFIG_PATH = Path("/run/talos/config.yaml")  # what osd reads; tmpfs, mode 0600
+__all__ = ["CONFIG_PATH", "config_sysctls", "save_config", "write_files"]
 
 
 def save_config(data: bytes, path: Path = CONFIG_PATH) -> Path:

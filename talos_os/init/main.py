@@ -37,14 +37,16 @@ from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.console import Console
 from talos_os.init.control import DEFAULT_SOCKET, ControlServer, supervisor_handlers
 from talos_os.init.detect import NoPlatformError, detect_with_reason
+from talos_os.init.early import Early
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
 from talos_os.init.maintenance import Maintenance
 from talos_os.init.maintenance import persist as persist_config
 from talos_os.init.nodestate import STATE_DIR, load_or_create
 from talos_os.init.services import OSD_PORT, Identity, KubernetesPlan, node_services
 from talos_os.init.stopphases import StopPhase, run_stop_phases
-from talos_os.init.supervisor import ChildReaper, Supervisor
+from talos_os.init.supervisor import ChildReaper, ProcessRunner, Runner, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
+from talos_os.init.supervisor.parking import ParkingRunner
 from talos_os.install import image as install_image
 from talos_os.install import node as install_node
 from talos_os.kubernetes import kubeadm as kubeadm_config
@@ -86,6 +88,7 @@ class Boot:
     durations: dict[str, float] = field(default_factory=dict)
     stop_durations: dict[str, float] = field(default_factory=dict)  # the shutdown/reboot/reset phases
     upgrade: Agent | None = None
+    parking: ParkingRunner | None = None  # osd, launched before the init's imports (talos_os.init.early)
 
     def log(self, message: str) -> None:
         self.console.log(message)
@@ -360,7 +363,12 @@ def phase_kubernetes(boot: Boot) -> None:
 
 def phase_services(boot: Boot) -> None:
     """The supervisor, its control socket (for osd) and the node's services."""
-    sup = Supervisor(reaper=boot.reaper, log_dir=Path("/var/log"), cgroup_root=cgroups.DEFAULT_ROOT)
+    runner: Runner = ProcessRunner(boot.reaper, cgroups.CgroupTree(cgroups.DEFAULT_ROOT))
+    if boot.parking is not None:  # osd's first start is the process parked at the start of stage 2
+        runner = boot.parking.bind(runner, cgroups.CgroupTree(cgroups.DEFAULT_ROOT), note=boot.log)
+    sup = Supervisor(
+        reaper=boot.reaper, runner=runner, log_dir=Path("/var/log"), cgroup_root=cgroups.DEFAULT_ROOT
+    )
     identity = None
     if boot.acquired is not None:
         control_plane = boot.acquired.config.machine.type.is_control_plane
@@ -466,9 +474,11 @@ def stop_pods(boot: Boot, action: str) -> None:
 
 
 def stop_services(boot: Boot, action: str) -> None:
-    """The supervised services, in reverse start order."""
+    """The supervised services, in reverse start order; a parked process never started is told to exit."""
     if boot.supervisor is not None:
         boot.supervisor.shutdown()
+    if boot.parking is not None:
+        boot.parking.close()
 
 
 def stop_control(boot: Boot, action: str) -> None:
@@ -573,9 +583,11 @@ def panic(boot: Boot, exc: BaseException) -> None:
             time.sleep(3600)
 
 
-def main() -> None:
-    """Stage 2 entry point (``/sbin/init`` in the squashfs root)."""
-    boot = Boot()
+def main(early: Early | None = None) -> None:
+    """Stage 2 entry point (``/sbin/init`` in the squashfs root), after :func:`talos_os.init.early.park`."""
+    boot = (
+        Boot() if early is None else Boot(console=early.console, reaper=early.reaper, parking=early.parking)
+    )
     try:
         run_phases(boot, EARLY)
         boot.log(f"talos-os init {__version__} (platform={boot.platform})")

@@ -21,8 +21,8 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from talos_os.init.apply import CONFIG_PATH
 from talos_os.init.control import DEFAULT_SOCKET
+from talos_os.init.runpaths import CONFIG_PATH
 from talos_os.init.supervisor import Restart, ServiceSpec, file_exists
 from talos_os.kubernetes import containerd
 
@@ -35,6 +35,7 @@ BOOTSTRAP_KUBECONFIG = "/etc/kubernetes/bootstrap-kubelet.conf"
 # (as the control plane does, see kubernetes.kubeadm.CONTROL_PLANE_ENV). Under software emulation the
 # kubelet was the node's largest CPU user, ahead of the API server; its heap is tens of MB.
 GO_RUNTIME_ENV = {"GOGC": "200"}
+BASE_ENV = {"PATH": "/usr/sbin:/usr/bin", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def node_services(
 ) -> list[ServiceSpec]:
     """containerd and osd, trustd or identity (see :func:`identity_services`), and the Kubernetes
     services when there is a plan for them."""
-    base_env = {"PATH": "/usr/sbin:/usr/bin", "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}
+    base_env = {**BASE_ENV, **(env or {})}
     containerd_argv = ["/usr/bin/containerd", "--address", CONTAINERD_SOCKET]
     if kubernetes is not None:
         containerd_argv += ["--config", str(containerd.CONFIG_PATH)]
@@ -77,23 +78,8 @@ def node_services(
             conditions=[file_exists("/var/lib")],
             restart=Restart.ALWAYS,
         ),
-        ServiceSpec(
-            name="osd",
-            argv=[
-                python,
-                "-m",
-                "talos_os.osd",
-                "--config",
-                str(CONFIG_PATH),
-                "--control-socket",
-                str(DEFAULT_SOCKET),
-                "--port",
-                str(osd_port),
-            ],
-            env=base_env,
-            depends=["identity"] if identity is not None and not identity.control_plane else [],
-            conditions=[file_exists(CONFIG_PATH), file_exists(DEFAULT_SOCKET)],
-            restart=Restart.ALWAYS,
+        osd_spec(
+            base_env, python, osd_port, after_identity=identity is not None and not identity.control_plane
         ),
     ]
     if identity is not None:
@@ -101,6 +87,27 @@ def node_services(
     if kubernetes is not None:
         specs += kubernetes_services(kubernetes, base_env, python)
     return specs
+
+
+def osd_spec(
+    env: Mapping[str, str] = BASE_ENV,
+    python: str = sys.executable,
+    port: int = OSD_PORT,
+    after_identity: bool = False,
+) -> ServiceSpec:
+    """osd: the node API. A worker's waits for its identity from trustd. Every node's is the same
+    command, so the init can park it before it knows the node's role (talos_os.init.early)."""
+    return ServiceSpec(
+        name="osd",
+        argv=[
+            *(python, "-m", "talos_os.osd"),
+            *("--config", str(CONFIG_PATH), "--control-socket", str(DEFAULT_SOCKET), "--port", str(port)),
+        ],
+        env=env,
+        depends=["identity"] if after_identity else [],
+        conditions=[file_exists(CONFIG_PATH), file_exists(DEFAULT_SOCKET)],
+        restart=Restart.ALWAYS,
+    )
 
 
 @dataclass(frozen=True)

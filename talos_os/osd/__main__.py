@@ -16,12 +16,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import yaml
 
 from talos_os import pki
 from talos_os.init import control
+from talos_os.init.supervisor.parking import PARKED_ENV
 from talos_os.osd import kmsg, node
 from talos_os.osd.auth import IdentityError, server_identity
 from talos_os.osd.relay import Relay
@@ -93,12 +94,21 @@ def process_start(stat: Path = Path("/proc/self/stat")) -> float | None:
         return None
 
 
-def startup_times(imported: float) -> str:
-    """Where osd's start went, for its log and ``make bench``: imports, then config, identity, listen."""
+def startup_times(imported: float, went: float | None = None) -> str:
+    """Where osd's start went, for its log and ``make bench``: imports, then (when the init parked
+    it) the wait for its go, then config, identity, listen."""
     now = time.monotonic()
     began = process_start()
     imports = "" if began is None else f"started {began:.1f} s after boot, imports {imported - began:.1f} s, "
-    return f"{imports}serving {now - imported:.1f} s later, {now:.1f} s after boot"
+    parked = "" if went is None else f"parked {went - imported:.1f} s, "
+    return f"{imports}{parked}serving {now - (went or imported):.1f} s later, {now:.1f} s after boot"
+
+
+def wait_for_go(stdin: IO[bytes]) -> bool:
+    """Parked by the init (``TALOS_PARKED=1``, see talos_os.init.supervisor.parking): everything is
+    imported; block until the init writes ``go`` (True) or closes the pipe because osd is not
+    needed (False)."""
+    return stdin.readline().strip() == b"go"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,9 +123,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    imported = time.monotonic()
+    went = None
+    if os.environ.get(PARKED_ENV) == "1":
+        if not wait_for_go(sys.stdin.buffer):
+            return 0
+        went = time.monotonic()
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="osd: %(levelname)s %(message)s", stream=sys.stderr)
-    started = time.monotonic()
     try:
         config = start_config(args.config)
         server = build(args, config)
@@ -134,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(
-        f"osd: serving the node API on port {server.port} ({startup_times(started)})",
+        f"osd: serving the node API on port {server.port} ({startup_times(imported, went)})",
         file=sys.stderr,
         flush=True,
     )

@@ -4,6 +4,7 @@
 - :mod:`.logbuffer`: a service's output, in memory and in a rotated file;
 - :mod:`.reaper`: who calls ``waitpid`` (PID 1 reaps orphans too) and :func:`run` for tools;
 - :mod:`.process`: the runner that starts a service as a plain subprocess;
+- :mod:`.parking`: the runner that hands over a service launched at the start of the boot;
 - :mod:`.restart`: the pure decision of what follows a run (finish, fail, give up, back off);
 - :mod:`.core`: the :class:`Supervisor` itself.
 
