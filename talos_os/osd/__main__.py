@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     imported = time.monotonic()
     went = None
     if os.environ.get(PARKED_ENV) == "1":
+        node.preload_netlink()  # needed at start (the certificate names the addresses)
+        imported = time.monotonic()
         if not wait_for_go(sys.stdin.buffer):
             return 0
         went = time.monotonic()

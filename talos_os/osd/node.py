@@ -229,6 +229,12 @@ def _flag_names(flags: int) -> list[str]:
     return [name for bit, name in sorted(_IFF.items()) if flags & bit]
 
 
+def preload_netlink() -> None:
+    """Import pyroute2 now: osd lists the node's addresses as it starts, and the import is nine
+    tenths of that start; a parked osd pays it before its go, off the boot's critical path."""
+    import pyroute2  # noqa: F401
+
+
 @contextlib.contextmanager
 def _netlink() -> Iterator[object]:
     from pyroute2 import IPRoute  # imported here: netlink is only needed by these three calls
