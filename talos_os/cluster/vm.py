@@ -94,8 +94,10 @@ def qemu_argv(
         "-device", "virtio-rng-pci",
         "-chardev", f"file,id=serial0,path={d / 'serial.log'},append=on",
         "-serial", "chardev:serial0",
-        # etcd fsyncs every write: a local test cluster need not wait for the host disk's flushes
-        "-drive", f"file={d / 'disk.qcow2'},format=qcow2,if=virtio,cache=unsafe",
+        # The guest's flushes are honoured (cache=writeback): with cache=unsafe QEMU kept the qcow2
+        # overlay's cluster tables in its memory, so killing it (`stop`, a power cut) lost files the
+        # node had written minutes before (a container's binary read back empty: exec format error).
+        "-drive", f"file={d / 'disk.qcow2'},format=qcow2,if=virtio,cache=writeback",
         "-netdev", f"tap,id=n0,ifname={node.tap},script=no,downscript=no",
         "-device", f"virtio-net-pci,netdev=n0,mac={node.mac}",
         "-fw_cfg", f"name=opt/talos/config,file={d / 'config.yaml'}",

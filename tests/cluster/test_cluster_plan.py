@@ -184,7 +184,9 @@ def test_qemu_runs_in_the_namespace_on_an_overlay_with_the_config_over_fw_cfg(tm
     assert state.nodes[0].role == "init" and init[4:7] == ["nice", "-n", "-10"]
     joined = " ".join(argv)
     assert f"-pidfile {d / 'qemu.pid'}" in joined and "-daemonize" in argv
-    assert f"file={d / 'disk.qcow2'},format=qcow2" in joined
+    assert (
+        f"file={d / 'disk.qcow2'},format=qcow2,if=virtio,cache=writeback" in joined
+    )  # a power cut keeps what was flushed
     assert "tap,id=n0,ifname=tap1,script=no,downscript=no" in argv
     assert "virtio-net-pci,netdev=n0,mac=52:54:00:05:00:03" in argv
     assert f"name=opt/talos/config,file={d / 'config.yaml'}" in argv
