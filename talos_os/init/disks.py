@@ -561,3 +561,13 @@ class SystemDiskOps:
                 if len(fields) > 2 and fields[2] == wanted:
                     return True
         return False
+
+
+def root_disk() -> str | None:
+    """The disk holding the root file system (``/dev/vda``), preferred when several have EPHEMERAL."""
+    st = os.stat("/")
+    try:
+        part = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}").resolve()
+    except OSError:
+        return None
+    return f"/dev/{part.parent.name}" if (part / "partition").exists() else None

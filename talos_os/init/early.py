@@ -32,11 +32,10 @@ def park() -> Early:
     console = Console()
     reaper = ChildReaper()
     reaper.start()
-    parking: ParkingRunner | None = ParkingRunner(reaper, note=console.log)
-    assert parking is not None
+    parking = ParkingRunner(reaper, note=console.log)
     try:
         parking.park(osd_spec())
     except Exception as exc:  # PID 1 must go on: osd then starts when its turn comes
         console.log(f"early: osd not parked ({exc}): it starts when the node is ready")
-        parking = None
+        return Early(console, reaper, None)
     return Early(console, reaper, parking)

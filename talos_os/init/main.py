@@ -44,7 +44,7 @@ from talos_os.init.maintenance import persist as persist_config
 from talos_os.init.nodestate import STATE_DIR, load_or_create
 from talos_os.init.services import OSD_PORT, Identity, KubernetesPlan, node_services
 from talos_os.init.stopphases import StopPhase, run_stop_phases
-from talos_os.init.supervisor import ChildReaper, ProcessRunner, Runner, Supervisor
+from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
 from talos_os.init.supervisor.parking import ParkingRunner
 from talos_os.install import image as install_image
@@ -174,7 +174,7 @@ def phase_platform(boot: Boot) -> None:
 
 def phase_disks(boot: Boot) -> None:
     """EPHEMERAL: found by GPT name, formatted when blank, grown, checked, mounted at /var."""
-    result = disks.prepare_ephemeral(disk_ops(boot), boot.log, prefer_disk=boot_disk())
+    result = disks.prepare_ephemeral(disk_ops(boot), boot.log, prefer_disk=disks.root_disk())
     if not result.mounted:
         syscalls.mount("tmpfs", "/var", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "mode=0755")
         disks.make_layout(Path("/var"))
@@ -192,16 +192,6 @@ def phase_disks(boot: Boot) -> None:
 def disk_ops(boot: Boot) -> disks.SystemDiskOps:
     """Disk side effects for the node: tools run through the reaper (PID 1 must not use subprocess.run)."""
     return disks.SystemDiskOps(functools.partial(supervisor_run, boot.reaper))
-
-
-def boot_disk() -> str | None:
-    """The disk holding the root file system (``/dev/vda``), preferred when several have EPHEMERAL."""
-    st = os.stat("/")
-    try:
-        part = Path(f"/sys/dev/block/{os.major(st.st_dev)}:{os.minor(st.st_dev)}").resolve()
-    except OSError:
-        return None
-    return f"/dev/{part.parent.name}" if (part / "partition").exists() else None
 
 
 def phase_slots(boot: Boot) -> None:
@@ -363,12 +353,9 @@ def phase_kubernetes(boot: Boot) -> None:
 
 def phase_services(boot: Boot) -> None:
     """The supervisor, its control socket (for osd) and the node's services."""
-    runner: Runner = ProcessRunner(boot.reaper, cgroups.CgroupTree(cgroups.DEFAULT_ROOT))
+    sup = Supervisor(reaper=boot.reaper, log_dir=Path("/var/log"), cgroup_root=cgroups.DEFAULT_ROOT)
     if boot.parking is not None:  # osd's first start is the process parked at the start of stage 2
-        runner = boot.parking.bind(runner, cgroups.CgroupTree(cgroups.DEFAULT_ROOT), note=boot.log)
-    sup = Supervisor(
-        reaper=boot.reaper, runner=runner, log_dir=Path("/var/log"), cgroup_root=cgroups.DEFAULT_ROOT
-    )
+        sup.runner = boot.parking.bind(sup.runner, sup.cgroups, note=boot.log)
     identity = None
     if boot.acquired is not None:
         control_plane = boot.acquired.config.machine.type.is_control_plane
@@ -521,7 +508,7 @@ def unmount(boot: Boot, action: str) -> None:
 
 def wipe_ephemeral(boot: Boot, action: str) -> None:
     """Reset: EPHEMERAL wiped, so the next boot formats it afresh."""
-    disks.wipe_ephemeral(disk_ops(boot), boot.log, prefer_disk=boot_disk())
+    disks.wipe_ephemeral(disk_ops(boot), boot.log, prefer_disk=disks.root_disk())
 
 
 def restart(boot: Boot, action: str) -> None:

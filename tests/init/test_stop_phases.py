@@ -66,7 +66,7 @@ def node(monkeypatch: pytest.MonkeyPatch) -> tuple[Boot, list[str], Lines]:
     monkeypatch.setattr(
         init_main.disks, "wipe_ephemeral", lambda ops, log, prefer_disk: events.append("wipe")
     )
-    monkeypatch.setattr(init_main, "boot_disk", lambda: "/dev/vda")
+    monkeypatch.setattr(init_main.disks, "root_disk", lambda: "/dev/vda")
     return boot, events, log
 
 
