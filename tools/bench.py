@@ -9,8 +9,7 @@ from pathlib import Path
 
 import tools.bench_boot as bench_boot
 from bakery import qemu
-from bakery.image import BakeOptions, bake, to_qcow2
-from bakery.lockguard import guarded
+from bakery.image import to_qcow2
 from tools import bench_aws, bench_bake, bench_cluster, bench_kubernetes, bench_node, bench_osd, bench_upgrade
 
 OUT = Path("_build/bench")
@@ -19,9 +18,7 @@ OUT = Path("_build/bench")
 def main() -> int:
     bench_bake.report(OUT)
     start = time.monotonic()
-    image, _moved = guarded(
-        bake, BakeOptions(platform="kvm", out=OUT, quiet=True), update_lock=False, say=print
-    )
+    image = bench_bake.release_image(OUT)
     bake_s = time.monotonic() - start
     qcow = to_qcow2(image.raw, OUT / "talos-kvm.qcow2")
     m = json.loads(image.manifest.read_text())

@@ -22,11 +22,21 @@ from bakery.errors import BakeError
 from bakery.fetch import DOWNLOAD_WORKERS, Fetcher
 from bakery.image import BakeOptions, BakeResult, bake
 from bakery.lock import LOCK_PATH, Lock
+from bakery.lockguard import guarded
 from bakery.progress import Progress
 from bakery.recipe import load_kernel, load_rootfs
 from bakery.stepcache import StepCache
 
 RUNS = 3
+
+
+def release_image(out: Path) -> BakeResult:
+    """The image a bench boots: platform kvm at release settings, into ``out`` (the step cache makes
+    a repeat a copy); the lock is checked, never updated."""
+    image, _moved = guarded(
+        bake, BakeOptions(platform="kvm", out=out, quiet=True), update_lock=False, say=print
+    )
+    return image
 
 
 def _timed(opts: BakeOptions) -> tuple[float, BakeResult, dict[str, dict[str, Any]]]:

@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bakery.image import BakeOptions, BakeResult, bake
-from bakery.lockguard import guarded
+from bakery.image import BakeResult
 from talos_os.cluster import health, vm
 from talos_os.cluster.state import ClusterState, Node
+from tools import bench_bake
 
 OSCTL = Path(sys.executable).with_name("osctl")
 OUT = Path("_build/bench-cluster")
@@ -83,10 +83,7 @@ def report_cluster(image: BakeResult, workers: int) -> None:
 
 def report(image: BakeResult | None = None) -> None:
     if image is None:
-        image, _moved = guarded(
-            bake, BakeOptions(platform="kvm", out=OUT, quiet=True), update_lock=False, say=print
-        )
-    assert image is not None
+        image = bench_bake.release_image(OUT)
     for workers in (1, 2):
         report_cluster(image, workers)
 

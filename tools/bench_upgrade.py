@@ -19,6 +19,7 @@ from bakery.image import BakeOptions, BakeResult, bake
 from bakery.lockguard import guarded
 from talos_os import __version__
 from talos_os.config.generate import generate
+from tools import bench_bake
 from tools.nodevm import copy_disk, free_port, with_hostname
 from tools.upgradevm import BOOT_TIMEOUT, Files, Node
 
@@ -40,10 +41,7 @@ def next_bundle(out: Path) -> Path:
 
 def report(image: BakeResult | None = None) -> None:
     if image is None:
-        image, _moved = guarded(
-            bake, BakeOptions(platform="kvm", out=OUT / "image", quiet=True), update_lock=False, say=print
-        )
-    assert image is not None
+        image = bench_bake.release_image(OUT / "image")
     started = time.monotonic()
     bundle = next_bundle(OUT / "next")
     print(
