@@ -13,7 +13,9 @@ long poll (at most :data:`MAX_WAIT` seconds) that lets osd follow a service's ou
 Ops: ``ping``; ``reboot``, ``shutdown``, ``reset``; ``services``, ``service_start``/``_stop``/
 ``_restart`` (``name``); ``stats`` (per service: pid, cgroup CPU ``cpu_usec`` and ``memory_bytes``);
 ``logs`` (``name``; ``cursor`` or ``tail``; ``wait``; ``max_bytes``), which answers
-``{"lines": [...], "cursor": next, "end": newest, "missed": n, "closed": bool}``.
+``{"lines": [...], "cursor": next, "end": newest, "missed": n, "closed": bool}``; ``interfaces``,
+``routes`` and ``addresses`` (the node's network, read by the init, which already holds netlink:
+:func:`network_handlers`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from types import TracebackType
 from typing import Any
 
 from talos_os.init.supervisor import LogBuffer, Supervisor
+from talos_os.lib import netinfo
 from talos_os.lib.cgroups import Usage
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,9 @@ OPS = (
     "services",
     "stats",
     "logs",
+    "interfaces",
+    "routes",
+    "addresses",
 )
 MAX_WAIT = 10.0  # seconds a logs long poll may block (well under the client's timeout)
 LOGS_MAX_BYTES = 512 * 1024  # JSON-encoded lines per logs answer (a response line stays under 1 MiB)
@@ -196,6 +202,22 @@ def supervisor_handlers(
         "stats": stats,
         "logs": logs,
     }
+
+
+def network_handlers() -> dict[str, Handler]:
+    """``interfaces``, ``routes`` and ``addresses``: the node's network as plain JSON, so osd (a
+    client of this socket) answers its Interfaces and Routes calls without loading netlink itself."""
+
+    def interfaces(_req: dict[str, Any]) -> Any:
+        return [dataclasses.asdict(i) for i in netinfo.interfaces()]
+
+    def routes(_req: dict[str, Any]) -> Any:
+        return [dataclasses.asdict(r) for r in netinfo.routes()]
+
+    def addresses(req: dict[str, Any]) -> Any:
+        return netinfo.addresses(include_loopback=bool(req.get("loopback", True)))
+
+    return {"interfaces": interfaces, "routes": routes, "addresses": addresses}
 
 
 def peer_uid(sock: socket.socket) -> int:

@@ -35,7 +35,7 @@ from talos_os.init import disks, modules, network, reconfigure, syscalls
 from talos_os.init.acquire import Acquired, acquire_config
 from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.console import Console
-from talos_os.init.control import DEFAULT_SOCKET, ControlServer, supervisor_handlers
+from talos_os.init.control import DEFAULT_SOCKET, ControlServer, network_handlers, supervisor_handlers
 from talos_os.init.detect import NoPlatformError, detect_with_reason
 from talos_os.init.early import Early
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
@@ -368,6 +368,7 @@ def phase_services(boot: Boot) -> None:
         shutdown=lambda: boot.requests.put("shutdown"),
         reset=lambda: boot.requests.put("reset"),
     )
+    handlers |= network_handlers()  # osd asks the init: it holds the node's only netlink stack
     if boot.upgrade is not None:
         handlers |= boot.upgrade.handlers()
     handlers |= reconfigure_handlers(boot)

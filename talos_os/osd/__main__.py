@@ -7,6 +7,7 @@ port taken) is one line on stderr (the service log) and exit status 1; the super
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import signal
@@ -23,7 +24,7 @@ import yaml
 from talos_os import pki
 from talos_os.init import control
 from talos_os.init.supervisor.parking import PARKED_ENV
-from talos_os.osd import kmsg, node
+from talos_os.osd import kmsg
 from talos_os.osd.auth import IdentityError, server_identity
 from talos_os.osd.relay import Relay
 from talos_os.osd.server import DEFAULT_KUBECONFIG, DEFAULT_PORT, Osd, OsdError, Settings
@@ -35,6 +36,17 @@ if TYPE_CHECKING:
     from talos_os.config import MachineConfig
 
 DEFAULT_CONFIG = Path("/run/talos/config.yaml")
+# What serving loads on first use (grpc's server and interceptors, its executor, the OpenSSL
+# backend that issues the certificate, the IDNA codec for host names): a parked osd loads them
+# before its go. tests/osd/test_osd_parked_imports.py fails when a module is missing here.
+SERVING_MODULES = (
+    "concurrent.futures.thread",
+    "cryptography.hazmat.backends.openssl",
+    "encodings.idna",
+    "grpc._interceptor",
+    "grpc._server",
+)
+ADDRESSES_TIMEOUT = 30.0  # the init answers at once; generous for a busy emulated node
 
 
 class UnusableConfig(Exception):
@@ -56,13 +68,21 @@ def start_config(path: Path) -> StartConfig | MachineConfig:
         raise UnusableConfig(str(exc)) from None
 
 
+def node_addresses(control_socket: Path) -> list[str]:
+    """The node's addresses, as the init reads them (osd itself holds no netlink socket)."""
+    resp = control.call(control_socket, "addresses", timeout=ADDRESSES_TIMEOUT)
+    if not resp.get("ok"):
+        raise ValueError(f"the init answered: {resp.get('error')}")
+    return [str(a) for a in resp.get("result") or []]
+
+
 def build(args: argparse.Namespace, config: StartConfig | MachineConfig) -> Osd:
     """The server for ``config``: identity from the config (or issued for this node's addresses)."""
     network = config.machine.network
     hostname = (network.hostname if network is not None else None) or socket.gethostname()
     try:
-        addresses = node.addresses()
-    except OSError as exc:
+        addresses = node_addresses(args.control_socket)
+    except (OSError, ValueError) as exc:
         logging.warning("cannot list the node's addresses (%s): the certificate names only the host", exc)
         addresses = []
     identity, source = server_identity(config, addresses, hostname)
@@ -104,6 +124,12 @@ def startup_times(imported: float, went: float | None = None) -> str:
     return f"{imports}{parked}serving {now - (went or imported):.1f} s later, {now:.1f} s after boot"
 
 
+def preload() -> None:
+    """Import what serving would import after the go (:data:`SERVING_MODULES`)."""
+    for name in SERVING_MODULES:
+        importlib.import_module(name)
+
+
 def wait_for_go(stdin: IO[bytes]) -> bool:
     """Parked by the init (``TALOS_PARKED=1``, see talos_os.init.supervisor.parking): everything is
     imported; block until the init writes ``go`` (True) or closes the pipe because osd is not
@@ -126,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     imported = time.monotonic()
     went = None
     if os.environ.get(PARKED_ENV) == "1":
-        node.preload_netlink()  # needed at start (the certificate names the addresses)
+        preload()
         imported = time.monotonic()
         if not wait_for_go(sys.stdin.buffer):
             return 0

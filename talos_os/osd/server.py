@@ -2,8 +2,9 @@
 
 osd holds no power of its own over the node: reboot, shutdown, reset, service control, service
 logs and service stats are requests to the init over its control socket
-(:mod:`talos_os.init.control`). What it reads itself (processes, network, mounts, memory, the
-kernel log, files) it reads as root from /proc, /sys, netlink and the file system.
+(:mod:`talos_os.init.control`), and so are links and routes (the init holds netlink). What it
+reads itself (processes, mounts, memory, the kernel log, files) it reads as root from /proc, /sys
+and the file system.
 """
 
 from __future__ import annotations
@@ -374,10 +375,10 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
             abort(context, grpc.StatusCode.INTERNAL, f"cannot read {path}: {exc.strerror}")
 
     def Routes(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.RoutesReply:
-        return pb.RoutesReply(routes=[pb.Route(**vars(r)) for r in node.routes()])
+        return pb.RoutesReply(routes=[pb.Route(**r) for r in self._init(context, "routes")])
 
     def Interfaces(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.InterfacesReply:
-        return pb.InterfacesReply(interfaces=[pb.Interface(**vars(i)) for i in node.interfaces()])
+        return pb.InterfacesReply(interfaces=[pb.Interface(**i) for i in self._init(context, "interfaces")])
 
     def Mounts(self, request: pb.Empty, context: grpc.ServicerContext) -> pb.MountsReply:
         return pb.MountsReply(mounts=[pb.Mount(**vars(m)) for m in node.mounts()])

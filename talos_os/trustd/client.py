@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         say(f"the machine config {args.config} is not usable: {exc}")
         return 1
-    from talos_os.osd import node
+    from talos_os.lib import netinfo
 
     try:
-        addresses = node.addresses(include_loopback=False)
+        addresses = netinfo.addresses(include_loopback=False)
     except OSError as exc:
         say(f"cannot list the node's addresses ({exc}): the certificates name {args.address} only")
         addresses = []

@@ -193,13 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=PORT)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="trustd: %(levelname)s %(message)s", stream=sys.stderr)
-    from talos_os.osd import node
+    from talos_os.lib import netinfo
 
     try:
         cfg = load(args.config)
         network = cfg.machine.network
         hostname = (network.hostname if network is not None else None) or socket.gethostname()
-        server = build(cfg, node.addresses(), hostname, address=args.address, port=args.port)
+        server = build(cfg, netinfo.addresses(), hostname, address=args.address, port=args.port)
         server.start()
     except ConfigError as exc:
         print(f"trustd: the machine config {args.config} is not usable: {exc}", file=sys.stderr)

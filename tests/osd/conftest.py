@@ -20,9 +20,9 @@ from osdenv import KMSG_RECORDS, Cluster, Node, T, remove_groups
 from talos_os import pki
 from talos_os.config import loads
 from talos_os.config.generate import generate
-from talos_os.init.control import ControlServer, supervisor_handlers
+from talos_os.init.control import ControlServer, network_handlers, supervisor_handlers
 from talos_os.init.supervisor import Restart, ServiceSpec, State, Supervisor
-from talos_os.osd import node as node_info
+from talos_os.lib import netinfo
 from talos_os.osd.auth import server_identity
 from talos_os.osd.server import Osd, Settings
 
@@ -66,11 +66,14 @@ def node(
     assert sup.wait_for("once", [State.FINISHED], T)
 
     actions: list[str] = []
-    handlers = supervisor_handlers(
-        sup,
-        reboot=lambda: actions.append("reboot"),
-        shutdown=lambda: actions.append("shutdown"),
-        reset=lambda: actions.append("reset"),
+    handlers = (
+        supervisor_handlers(
+            sup,
+            reboot=lambda: actions.append("reboot"),
+            shutdown=lambda: actions.append("shutdown"),
+            reset=lambda: actions.append("reset"),
+        )
+        | network_handlers()
     )
     control = ControlServer(root / "run" / "init.sock", handlers, allowed_uids={os.getuid()})
     control.start()
@@ -82,7 +85,7 @@ def node(
         secret_paths=(config_path,),
         reader_trees=("/proc", "/sys", str(public)),
     )
-    identity, _source = server_identity(cluster.config, node_info.addresses(), "osd-test-node")
+    identity, _source = server_identity(cluster.config, netinfo.addresses(), "osd-test-node")
     osd = Osd(identity, cluster.ca.cert_pem, settings, address="127.0.0.1", port=0)
     osd.start()
     n = Node(

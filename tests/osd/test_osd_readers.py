@@ -56,14 +56,6 @@ def test_service_of_cgroup() -> None:
     assert node._service_of_cgroup("4:memory:/talos/osd\n", "/talos") is None  # only the v2 line counts
 
 
-def test_host_network_facts() -> None:
-    lo = next(i for i in node.interfaces() if i.name == "lo")
-    assert "127.0.0.1/8" in lo.addresses and "LOOPBACK" in lo.flags
-    assert "127.0.0.1" in node.addresses()
-    assert "127.0.0.1" not in node.addresses(include_loopback=False)
-    assert all(not a.startswith("fe80:") for a in node.addresses())
-
-
 def test_secrets(tmp_path: Path) -> None:
     public = tmp_path / "public"
     public.write_text("x")
