@@ -170,7 +170,7 @@ class Netlink:
     """Our routes in the main table, through pyroute2 (the node has no ``ip`` binary)."""
 
     def current(self) -> dict[str, str]:
-        from pyroute2 import IPRoute
+        from talos_os.lib.netlink import IPRoute
 
         found: dict[str, str] = {}
         with IPRoute() as ipr:
@@ -184,13 +184,13 @@ class Netlink:
         return found
 
     def replace(self, route: PodRoute) -> None:
-        from pyroute2 import IPRoute
+        from talos_os.lib.netlink import IPRoute
 
         with IPRoute() as ipr:
             ipr.route("replace", dst=route.cidr, gateway=route.gateway, proto=PROTO)
 
     def remove(self, cidr: str) -> None:
-        from pyroute2 import IPRoute
+        from talos_os.lib.netlink import IPRoute
 
         with IPRoute() as ipr:
             ipr.route("del", dst=cidr, proto=PROTO)

@@ -63,7 +63,7 @@ def _flag_names(flags: int) -> list[str]:
 
 @contextlib.contextmanager
 def _netlink() -> Iterator[object]:
-    from pyroute2 import IPRoute  # imported here: netlink is only needed by these three calls
+    from talos_os.lib.netlink import IPRoute  # imported here: trustd and the init need it, osd never
 
     with IPRoute() as ipr:
         yield ipr

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
-
 from talos_os.config.model import MachineNetwork
 from talos_os.init import network
+from talos_os.lib.netlink import AsyncIPRoute
 
 
 def log(line: str) -> None:

@@ -9,9 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyroute2.dhcp.leases import Lease
-
 from talos_os.init.network.files import valid_hostname, write_atomic
+from talos_os.lib.netlink import Lease
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.dhcp.client import AsyncDHCPClient, ClientConfig
-from pyroute2.dhcp.enums import dhcp
-from pyroute2.dhcp.hooks import Hook, Trigger
-from pyroute2.dhcp.leases import Lease
-from pyroute2.netlink.exceptions import NetlinkError
-
 from talos_os.init.network.files import FILES_DIR, MAX_NAMESERVERS, render_resolv_conf, write_atomic
 from talos_os.init.network.lease import LeaseInfo, lease_class, lease_info
 from talos_os.init.network.plan import (
@@ -31,6 +24,16 @@ from talos_os.init.network.plan import (
     plan_links,
 )
 from talos_os.init.network.state import LinkState, NetworkState
+from talos_os.lib.netlink import (
+    AsyncDHCPClient,
+    AsyncIPRoute,
+    ClientConfig,
+    Hook,
+    Lease,
+    NetlinkError,
+    Trigger,
+    dhcp,
+)
 
 if TYPE_CHECKING:  # the config model is heavy to import; the network comes up before the config
     from talos_os.config.model import MachineNetwork
