@@ -97,6 +97,16 @@ def test_osctl_talks_to_the_node_over_mutual_tls(node: RunningNode) -> None:
     assert "[talos] talos-os init" in dmesg and "Linux version" in dmesg
     kubeconfig = osd_call(node, "kubeconfig")  # made from the cluster CA: Kubernetes is not bootstrapped
     assert "server: https://10.5.0.2:6443" in kubeconfig and "client-key-data:" in kubeconfig
+    # links, routes and the addresses osd's certificate names: answered by the init (osd has no netlink)
+    links = {i["name"]: i for i in json.loads(osd_call(node, "interfaces", "-o", "json"))}
+    assert "127.0.0.1/8" in links["lo"]["addresses"], links
+    assert any("10.0.2.15/24" in i["addresses"] and "UP" in i["flags"] for i in links.values()), links
+    routes = json.loads(osd_call(node, "routes", "-o", "json"))
+    assert any(r["destination"] == "10.0.2.0/24" and r["scope"] == "link" for r in routes), routes
+    certificate = next(
+        line for line in osd_call(node, "logs", "osd").splitlines() if "server certificate" in line
+    )
+    assert "10.0.2.15" in certificate, certificate
 
 
 def osd_call(node: RunningNode, *args: str) -> str:
