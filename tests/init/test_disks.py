@@ -83,7 +83,7 @@ def test_blank_partition_is_formatted_and_mounted(tmp_path: Path) -> None:
     info = dumpe2fs(ops.part)
     assert info["Filesystem volume name"] == "EPHEMERAL"
     assert int(info["Block count"]) * int(info["Block size"]) == result.size == 64 * MiB
-    assert ops.mounts == [(str(ops.part), str(var), "ext4", disks.MOUNT_FLAGS, None)]
+    assert ops.mounts == [(str(ops.part), str(var), "ext4", disks.MOUNT_FLAGS, "nodelalloc")]
     assert disks.MOUNT_FLAGS & (disks.syscalls.MS_NOSUID | disks.syscalls.MS_NODEV)
     assert (var / "tmp").stat().st_mode & 0o7777 == 0o1777
     assert (var / "lib/containerd").is_dir() and os.readlink(var / "run") == "/run"

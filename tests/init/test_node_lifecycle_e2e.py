@@ -107,6 +107,8 @@ def test_osctl_talks_to_the_node_over_mutual_tls(node: RunningNode) -> None:
         line for line in osd_call(node, "logs", "osd").splitlines() if "server certificate" in line
     )
     assert "10.0.2.15" in certificate, certificate
+    var = next(line for line in osd_call(node, "read", "/proc/mounts").splitlines() if " /var ext4 " in line)
+    assert "nodelalloc" in var.split()[3].split(","), var  # unpacked layers reach the disk within a commit
 
 
 def osd_call(node: RunningNode, *args: str) -> str:
