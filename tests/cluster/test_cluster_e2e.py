@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
@@ -288,6 +289,25 @@ def test_a_deployment_spreads_over_the_workers_and_a_service_reaches_every_pod(c
     assert "hello serving on :8080" in logs and "request GET /" in logs
 
 
+def hello_serves_on(cluster: LocalCluster, node: str, old: Collection[str] = ()) -> bool:
+    """A Ready hello pod on ``node`` (none of ``old``) answers over HTTP from inside itself: Ready
+    alone is not enough, a container whose binary was lost is Ready for a moment between crashes."""
+    pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=hello", "-o", "json").stdout)["items"]
+    for pod in pods:
+        name, ip = pod["metadata"]["name"], pod["status"].get("podIP")
+        ready = any(
+            c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", [])
+        )
+        if pod["spec"].get("nodeName") != node or name in old or not ready or not ip:
+            continue
+        got = cluster.kubectl(
+            "exec", name, "--", "/hello", "get", f"http://{ip}:8080/", timeout=300, check=False
+        )
+        if got.stdout.startswith(f"hello from {name}"):
+            return True
+    return False
+
+
 def test_a_powered_off_worker_and_a_rebooted_init_node_come_back(cluster: LocalCluster) -> None:
     """NODE_SIDE, both faults in one recovery (each costs minutes under TCG): kill a worker's VM, see
     it NotReady and named by health; reboot the init node (etcd's only member) while the worker is
@@ -320,15 +340,9 @@ def test_a_powered_off_worker_and_a_rebooted_init_node_come_back(cluster: LocalC
     assert after == before  # the same object: etcd's data survived the init node's reboot
     assert "already bootstrapped" in cluster.osctl("logs", "kubeadm").stdout
 
-    def hello_runs_there() -> bool:
-        pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=hello", "-o", "json").stdout)["items"]
-        return any(
-            p["spec"].get("nodeName") == worker.name
-            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-            for p in pods
-        )
-
-    cluster.wait(f"a hello pod Ready on {worker.name} again", hello_runs_there, 1200)
+    cluster.wait(
+        f"a hello pod serving on {worker.name} again", lambda: hello_serves_on(cluster, worker.name), 1200
+    )
 
 
 def test_a_worker_upgraded_through_the_control_plane_is_drained_and_comes_back(
@@ -370,16 +384,12 @@ def test_a_worker_upgraded_through_the_control_plane_is_drained_and_comes_back(
 
     cluster.wait(f"{worker.name} uncordoned", uncordoned, 900)
 
-    def hello_back() -> bool:
-        pods = json.loads(cluster.kubectl("get", "pods", "-l", "app=hello", "-o", "json").stdout)["items"]
-        return any(
-            p["spec"].get("nodeName") == worker.name
-            and p["metadata"]["name"] not in before  # a new pod: the old one was evicted by the drain
-            and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
-            for p in pods
-        )
-
-    cluster.wait(f"a new hello pod Ready on {worker.name}", hello_back, 1200)
+    # a new pod (the old one was evicted by the drain)
+    cluster.wait(
+        f"a new hello pod serving on {worker.name}",
+        lambda: hello_serves_on(cluster, worker.name, before),
+        1200,
+    )
 
 
 def test_destroy_leaves_nothing(cluster: LocalCluster) -> None:
