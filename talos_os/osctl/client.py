@@ -157,8 +157,14 @@ def relay_targets(endpoints: Sequence[str], nodes: Sequence[str]) -> list[Target
     return result
 
 
-class _NodesMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    """Adds ``nodes: NODE`` to every call, which the endpoint's osd relays to NODE."""
+class _NodesMetadata(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds ``nodes: NODE`` to every call of every kind (an upgrade bundle's upload is a client
+    stream), which the endpoint's osd relays to NODE."""
 
     def __init__(self, node: str) -> None:
         self.node = node
@@ -179,6 +185,16 @@ class _NodesMetadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInt
 
     def intercept_unary_stream(self, continuation: Any, details: grpc.ClientCallDetails, request: Any) -> Any:
         return continuation(self._details(details), request)
+
+    def intercept_stream_unary(
+        self, continuation: Any, details: grpc.ClientCallDetails, requests: Any
+    ) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(
+        self, continuation: Any, details: grpc.ClientCallDetails, requests: Any
+    ) -> Any:
+        return continuation(self._details(details), requests)
 
 
 @dataclass(frozen=True)
@@ -251,14 +267,17 @@ def _public(key: object) -> bytes:
 
 
 def channel(target: Target, creds: Credentials) -> grpc.Channel:
-    """A mutual-TLS channel to one node (TLS 1.3 is what the node accepts)."""
-    return grpc.secure_channel(
+    """A mutual-TLS channel to one node (TLS 1.3 is what the node accepts). A node reached through
+    an endpoint gets ``nodes: NODE`` on every call here, so no command can forget it: without it the
+    endpoint serves the call itself (an upgrade meant for a worker installed on the control plane)."""
+    ch = grpc.secure_channel(
         target.address,
         grpc.ssl_channel_credentials(
             root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.crt
         ),
         options=[("grpc.enable_retries", 0)],
     )
+    return grpc.intercept_channel(ch, _NodesMetadata(target.relay)) if target.relay else ch
 
 
 def stub(ch: grpc.Channel) -> pb_grpc.NodeStub:
@@ -366,9 +385,8 @@ class Calls:
         ch = channel(target, self.creds)
         with self._lock:
             self._channels.append(ch)
-        calls = grpc.intercept_channel(ch, _NodesMetadata(target.relay)) if target.relay else ch
         try:
-            return Outcome(target, value=fn(stub(calls), target))
+            return Outcome(target, value=fn(stub(ch), target))
         except grpc.RpcError as err:
             if self._cancelled:
                 return Outcome(target, error="cancelled")

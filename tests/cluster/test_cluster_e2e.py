@@ -377,6 +377,10 @@ def test_a_worker_upgraded_through_the_control_plane_is_drained_and_comes_back(
     assert re.search(r"drain: \d+ pods evicted", serial), serial[-3000:]
     relayed = json_of(cluster.osctl("-n", worker.address, "version", "-o", "json"))
     assert isinstance(relayed, dict) and relayed["servers"][0]["tag"] == NEXT
+    # and the endpoint that relayed it is untouched (osctl once sent the upload without the node's
+    # name, so the control plane installed the bundle meant for the worker)
+    endpoint = json_of(cluster.osctl("version", "-o", "json"))
+    assert isinstance(endpoint, dict) and endpoint["servers"][0]["tag"] == __version__, endpoint
 
     def uncordoned() -> bool:
         node = json.loads(cluster.kubectl("get", "node", worker.name, "-o", "json").stdout)

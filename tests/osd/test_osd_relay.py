@@ -21,6 +21,7 @@ from talos_os.osctl.client import Target, explain
 from talos_os.osd.auth import Caller, server_identity
 from talos_os.osd.relay import Relay, RelayError, requested_target, role_of, split_target
 from talos_os.osd.server import Osd, Settings
+from talos_os.upgrade import bundle as upgrade_bundle
 
 T = 20.0
 
@@ -171,3 +172,30 @@ def connect_front(osd: Osd, cert: pki.CertKey):  # type: ignore[no-untyped-def]
     f.osd = osd  # type: ignore[attr-defined]
     f.port = osd.port  # type: ignore[attr-defined]
     return connect(f, cert)  # type: ignore[arg-type]
+
+
+def test_osctl_upgrade_rollback_and_apply_config_reach_the_node_not_the_endpoint(
+    cluster: Cluster, node: Node, front: Osd, tmp_path: Path
+) -> None:
+    """Every kind of call carries the node's name: the upload (a client stream) and the Upgrade and
+    Machine services too. Answered by the far node's init (which has no upgrade agent and takes no
+    config), not by the front, which has no init at all."""
+    tc = write_talosconfig(tmp_path / "tc", cluster.ca, cluster.client(), [f"127.0.0.1:{front.port}"])
+    args = ["--talosconfig", str(tc), "-e", f"127.0.0.1:{front.port}", "-n", node.address]
+    parts = {name: tmp_path / name for name in ("kernel", "initramfs", "root")}
+    for part in parts.values():
+        part.write_bytes(b"x" * 4096)  # the far node refuses before it reads them
+    bundle = tmp_path / "next.upgrade"
+    with bundle.open("wb") as out:
+        upgrade_bundle.create(out, upgrade_bundle.manifest_for("0.2.0", "x86_64", "6.1", "", parts), parts, 0)
+    config = tmp_path / "worker.yaml"
+    config.write_text(cluster.worker_text)
+    runner = CliRunner()
+    for command in (
+        ["upgrade", "--image", str(bundle)],
+        ["rollback"],
+        ["apply-config", "--file", str(config)],
+    ):
+        r = runner.invoke(osctl, [*args, *command])
+        assert r.exit_code != 0 and "unknown op" in r.output, (command, r.output)
+        assert "/nonexistent" not in r.output, (command, r.output)  # the front's (absent) init
