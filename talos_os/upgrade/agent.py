@@ -27,6 +27,7 @@ from talos_os.upgrade import bundle, drain, grubenv, slots, writer
 
 STAGING = Path("/var/lib/talos/upgrade")
 BOOT_MOUNT = Path("/run/talos/boot")
+DRAIN_TIMEOUT = 300.0  # seconds a drain may take, the API's slow answers included
 DEFAULT_DEADLINE = 900.0  # seconds a slot on trial has to become ready (talos.upgrade.deadline=)
 KUBELET_HEALTHZ = "http://127.0.0.1:10248/healthz"
 KUBELET_CONFIG = Path(
@@ -334,7 +335,7 @@ class Agent:
             api, kubeconfig = found
             self.log(f"upgrade: draining node {node} with {kubeconfig}")
             writer.update_env(self.ops, lambda e: {**e, "talos_cordoned": "1"})
-            drain.drain(api, node, log=self.log)
+            drain.drain(api, node, timeout=DRAIN_TIMEOUT, log=self.log)
         except drain.KubeError as exc:  # the node reboots anyway: a drain is a courtesy to the pods
             self.log(f"upgrade: drain: {exc}; rebooting anyway")
 

@@ -21,13 +21,14 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 ADMIN_KUBECONFIG = Path("/etc/kubernetes/admin.conf")
 KUBELET_KUBECONFIG = Path("/etc/kubernetes/kubelet.conf")
 MIRROR = "kubernetes.io/config.mirror"
+RETRY_PAUSE = 5.0  # seconds between attempts when the API cannot be reached during a drain
 
 
 class KubeError(Exception):
@@ -129,7 +130,40 @@ class Api:
             return resp.status, None
 
 
-def set_unschedulable(api: Api, node: str, value: bool) -> None:
+class Requests(Protocol):
+    """What the drain needs of the API: one call at a time (:class:`Api`, or :class:`Patient`)."""
+
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]: ...
+
+
+@dataclass
+class Patient:
+    """An :class:`Api` whose transport failures are tried again until ``deadline``: a control plane
+    under load is no reason to skip the drain (an emulated one let a 15 s read time out, and the
+    worker rebooted with its pods still on it)."""
+
+    api: Requests
+    deadline: float
+    log: Callable[[str], None]
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    def request(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> tuple[int, Any]:
+        while True:
+            try:
+                return self.api.request(method, path, body, content_type)
+            except KubeError as exc:
+                if self.clock() + RETRY_PAUSE >= self.deadline:
+                    raise
+                self.log(f"drain: {exc}; retrying")
+                self.sleep(RETRY_PAUSE)
+
+
+def set_unschedulable(api: Requests, node: str, value: bool) -> None:
     """Cordon (True) or uncordon (False) ``node``."""
     status, body = api.request(
         "PATCH",
@@ -165,7 +199,7 @@ class DrainReport:
     remaining: list[str] = field(default_factory=list)
 
 
-def pods_on(api: Api, node: str) -> list[dict[str, Any]]:
+def pods_on(api: Requests, node: str) -> list[dict[str, Any]]:
     selector = urllib.parse.quote(f"spec.nodeName={node}")
     status, body = api.request("GET", f"/api/v1/pods?fieldSelector={selector}")
     if status != 200 or not isinstance(body, dict):
@@ -174,7 +208,7 @@ def pods_on(api: Api, node: str) -> list[dict[str, Any]]:
 
 
 def drain(
-    api: Api,
+    api: Requests,
     node: str,
     *,
     timeout: float = 120.0,
@@ -182,13 +216,15 @@ def drain(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> DrainReport:
-    """Cordon ``node``, evict its pods, wait until they are gone (or ``timeout`` passes)."""
+    """Cordon ``node``, evict its pods, wait until they are gone (or ``timeout`` passes); an API
+    that cannot be reached is tried again until then."""
     deadline = clock() + timeout
-    set_unschedulable(api, node, True)
+    calls = Patient(api, deadline, log, sleep, clock)
+    set_unschedulable(calls, node, True)
     log(f"drain: node {node} cordoned")
     report = DrainReport()
     pending: dict[str, tuple[str, str, str]] = {}  # ns/name -> (ns, name, uid)
-    for pod in pods_on(api, node):
+    for pod in pods_on(calls, node):
         meta = pod.get("metadata", {})
         ns, name = meta.get("namespace", "default"), meta.get("name", "")
         why = evictable(pod)
@@ -204,7 +240,7 @@ def drain(
                 "kind": "Eviction",
                 "metadata": {"name": name, "namespace": ns},
             }
-            status, answer = api.request(
+            status, answer = calls.request(
                 "POST",
                 f"/api/v1/namespaces/{urllib.parse.quote(ns)}/pods/{urllib.parse.quote(name)}/eviction",
                 eviction,
@@ -225,7 +261,7 @@ def drain(
             sleep(2.0)
     while pending and clock() < deadline:
         for key, (ns, name, uid) in list(pending.items()):
-            status, body = api.request(
+            status, body = calls.request(
                 "GET", f"/api/v1/namespaces/{urllib.parse.quote(ns)}/pods/{urllib.parse.quote(name)}"
             )
             if status == 404 or (isinstance(body, dict) and body.get("metadata", {}).get("uid") != uid):

@@ -132,6 +132,34 @@ def test_an_unreachable_api_is_one_sentence() -> None:
         drain.drain(client, "n1", timeout=1)
 
 
+def test_an_api_that_times_out_is_tried_again_until_the_deadline(api: tuple[FakeApi, drain.Api]) -> None:
+    """A control plane too slow to answer in time (under emulation) delays the drain, not skips it."""
+    fake, client = api
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures = failures
+
+        def request(
+            self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+        ) -> tuple[int, Any]:
+            if self.failures:
+                self.failures -= 1
+                raise drain.KubeError(
+                    "the Kubernetes API at x cannot be reached: The read operation timed out"
+                )
+            return client.request(method, path, body, content_type)
+
+    lines: list[str] = []
+    report = drain.drain(Flaky(2), "n1", timeout=60, log=lines.append, sleep=lambda _s: None)
+    assert sum("timed out; retrying" in line for line in lines) == 2, lines
+    assert fake.unschedulable is True and lines[-1].startswith("drain: 0 pods evicted"), (lines, report)
+    # past the deadline the last failure is raised (the agent then reboots undrained, saying why)
+    ticks = iter(range(0, 1000, 5))
+    with pytest.raises(drain.KubeError, match="timed out"):
+        drain.drain(Flaky(1000), "n1", timeout=12, sleep=lambda _s: None, clock=lambda: float(next(ticks)))
+
+
 def test_kubeconfig_credentials_are_read(tmp_path: Path) -> None:
     import base64
 
