@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from talos_os.lib.retry import retry
+
 ADMIN_KUBECONFIG = Path("/etc/kubernetes/admin.conf")
 KUBELET_KUBECONFIG = Path("/etc/kubernetes/kubelet.conf")
 MIRROR = "kubernetes.io/config.mirror"
@@ -153,14 +155,17 @@ class Patient:
     def request(
         self, method: str, path: str, body: Any = None, content_type: str = "application/json"
     ) -> tuple[int, Any]:
-        while True:
-            try:
-                return self.api.request(method, path, body, content_type)
-            except KubeError as exc:
-                if self.clock() + RETRY_PAUSE >= self.deadline:
-                    raise
-                self.log(f"drain: {exc}; retrying")
-                self.sleep(RETRY_PAUSE)
+        return retry(
+            lambda: self.api.request(method, path, body, content_type),
+            deadline=max(0.0, self.deadline - self.clock()),
+            base=RETRY_PAUSE,
+            cap=RETRY_PAUSE,
+            jitter=0.0,
+            retry_if=lambda exc: isinstance(exc, KubeError),
+            on_retry=lambda _n, exc, _delay: self.log(f"drain: {exc}; retrying"),
+            sleep=self.sleep,
+            clock=self.clock,
+        )
 
 
 def set_unschedulable(api: Requests, node: str, value: bool) -> None:
