@@ -1,10 +1,13 @@
-"""The init's local control socket: how osd asks PID 1 to reboot, shut down or manage services.
+"""The init's local control socket, its server side: how osd asks PID 1 to reboot, shut down or
+manage services.
 
 A unix stream socket (default ``/run/talos/init.sock``, mode 0600) speaking JSON lines: each
 request line ``{"op": ..., "name": ...}`` gets one response line ``{"ok": true, "result": ...}``
 or ``{"ok": false, "error": "...", "code": CODE}``, where CODE says what kind of failure it is
-(:data:`CODES`, so osd maps it to a gRPC status without reading the message). Only peers whose SO_PEERCRED uid is allowed (root) are
-served: the socket is the init's whole API, and osd (not this socket) authenticates remote users.
+(:data:`talos_os.lib.control.CODES`, so osd maps it to a gRPC status without reading the message).
+The client, the codes and :class:`~talos_os.lib.control.ControlError` live in
+:mod:`talos_os.lib.control`, so osd never imports this module. Only peers whose SO_PEERCRED uid is
+allowed (root) are served: the socket is the init's whole API, and osd (not this socket) authenticates remote users.
 Handlers are injected, so tests wire a real :class:`~talos_os.init.supervisor.Supervisor`.
 Handlers must return quickly: reboot, shutdown and reset handlers only *request* the action (the
 reply is sent before the machine goes down). The one op that blocks is ``logs`` with ``wait``: a
@@ -30,7 +33,6 @@ import socket
 import stat
 import struct
 import threading
-import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -39,11 +41,19 @@ from typing import Any
 from talos_os.init.supervisor import LogBuffer, Supervisor
 from talos_os.lib import netinfo
 from talos_os.lib.cgroups import Usage
+from talos_os.lib.control import (
+    BAD_REQUEST,
+    DEFAULT_SOCKET,
+    DENIED,
+    INTERNAL,
+    MAX_LINE,
+    NOT_FOUND,
+    ControlError,
+    refusal,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = Path("/run/talos/init.sock")
-MAX_LINE = 64 * 1024
 OPS = (
     "ping",
     "reboot",
@@ -62,30 +72,8 @@ OPS = (
 MAX_WAIT = 10.0  # seconds a logs long poll may block (well under the client's timeout)
 LOGS_MAX_BYTES = 512 * 1024  # JSON-encoded lines per logs answer (a response line stays under 1 MiB)
 LOGS_MAX_LINES = 8192  # and at most this many lines
-# What kind of failure an ``ok: false`` answer is; osd maps each to a gRPC status code.
-BAD_REQUEST = "bad_request"  # not JSON, no op, an unknown op, a missing or wrong argument
-NOT_FOUND = "not_found"  # no such service (or other named thing)
-INVALID = "invalid"  # the request's content is wrong (e.g. a machine config that does not validate)
-FAILED_PRECONDITION = "failed_precondition"  # right request, wrong moment (the node's state refuses it)
-DENIED = "denied"  # the peer may not use the socket
-INTERNAL = "internal"  # the handler failed unexpectedly (logged by the init)
-CODES = (BAD_REQUEST, NOT_FOUND, INVALID, FAILED_PRECONDITION, DENIED, INTERNAL)
-
 Handler = Callable[[dict[str, Any]], Any]
 _UCRED = struct.Struct("3i")  # pid, uid, gid
-
-
-class ControlError(Exception):
-    """A request that cannot be served; the message goes back as ``error`` and ``code`` with it."""
-
-    def __init__(self, message: str, code: str = FAILED_PRECONDITION) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def refusal(message: str, code: str) -> dict[str, Any]:
-    """One ``ok: false`` answer."""
-    return {"ok": False, "error": message, "code": code}
 
 
 def _name(req: Mapping[str, Any]) -> str:
@@ -382,47 +370,3 @@ class ControlServer:
 
 def _send(conn: socket.socket, obj: Mapping[str, Any]) -> None:
     conn.sendall(json.dumps(obj, separators=(",", ":"), default=str).encode() + b"\n")
-
-
-def call(
-    path: Path | str = DEFAULT_SOCKET, op: str = "ping", *, timeout: float = 30.0, **kw: Any
-) -> dict[str, Any]:
-    """Send one request and return the response object (``{"ok": ..., "result"|"error": ...}``).
-
-    Connection failures raise OSError; errors reported by init come back as ``ok: false``. A full
-    listen backlog (EAGAIN: the init is accepting, just not fast enough) is retried until ``timeout``.
-    """
-    req = {"op": op, **kw}
-    with _connect(path, timeout) as sock:
-        # The server may refuse (and hang up) before reading the request: its reason is still readable.
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            sock.sendall(json.dumps(req, separators=(",", ":")).encode() + b"\n")
-        with sock.makefile("rb") as reader:
-            line = reader.readline(16 * MAX_LINE)
-    if not line:
-        raise ConnectionError(f"{path}: connection closed without a response")
-    resp = json.loads(line)
-    if not isinstance(resp, dict):
-        raise ValueError(f"{path}: malformed response {line[:200]!r}")
-    return resp
-
-
-def _connect(path: Path | str, timeout: float) -> socket.socket:
-    """A connected socket; a momentarily full backlog is waited out (with backoff) until ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while True:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-            return sock
-        except BlockingIOError:  # EAGAIN: the backlog is full right now
-            sock.close()
-            if time.monotonic() + delay > deadline:
-                raise
-        except BaseException:
-            sock.close()
-            raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)

@@ -35,7 +35,7 @@ from talos_os.init import disks, modules, network, reconfigure, syscalls
 from talos_os.init.acquire import Acquired, acquire_config
 from talos_os.init.apply import config_sysctls, save_config, write_files
 from talos_os.init.console import Console
-from talos_os.init.control import DEFAULT_SOCKET, ControlServer, network_handlers, supervisor_handlers
+from talos_os.init.control import ControlServer, network_handlers, supervisor_handlers
 from talos_os.init.detect import NoPlatformError, detect_with_reason
 from talos_os.init.early import Early
 from talos_os.init.hardening import KSPP_SYSCTLS, missing_kspp, write_sysctls
@@ -53,6 +53,7 @@ from talos_os.kubernetes import kubeadm as kubeadm_config
 from talos_os.kubernetes import node as kubernetes_node
 from talos_os.lib import cgroups
 from talos_os.lib.cmdline import Cmdline, read
+from talos_os.lib.control import DEFAULT_SOCKET
 from talos_os.lib.fetch import Progress, fetch_url
 from talos_os.plugins import UnknownPlatformError, discover, get
 from talos_os.plugins.guest import Guest, GuestContext

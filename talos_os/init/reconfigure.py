@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from talos_os.config import MachineConfig
 from talos_os.init.nodestate import STATE_DIR
+from talos_os.lib.control import BAD_REQUEST, INVALID, ControlError
 
 if TYPE_CHECKING:
     from talos_os.config.model import MachineNetwork
@@ -220,7 +221,6 @@ def control_handlers(
 ) -> dict[str, Callable[[dict[str, Any]], Any]]:
     """The control socket's ``apply_config`` op (``data`` base64, ``mode``, ``dry_run``), for osd."""
     from talos_os.config import ConfigError, loads
-    from talos_os.init.control import BAD_REQUEST, INVALID, ControlError
 
     def apply_config(req: dict[str, Any]) -> Any:
         try:

@@ -21,10 +21,10 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from talos_os.init.control import DEFAULT_SOCKET
 from talos_os.init.runpaths import CONFIG_PATH
 from talos_os.init.supervisor import Restart, ServiceSpec, file_exists
 from talos_os.kubernetes import containerd
+from talos_os.lib.control import DEFAULT_SOCKET
 
 OSD_PORT = 50000
 CONTAINERD_SOCKET = containerd.SOCKET

@@ -17,13 +17,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import yaml
 
 from talos_os import pki
-from talos_os.init import control
-from talos_os.init.supervisor.parking import PARKED_ENV
+from talos_os.lib import control
+from talos_os.lib.parked import parked, wait_for_go
 from talos_os.osd import kmsg
 from talos_os.osd.auth import IdentityError, server_identity
 from talos_os.osd.relay import Relay
@@ -130,13 +130,6 @@ def preload() -> None:
         importlib.import_module(name)
 
 
-def wait_for_go(stdin: IO[bytes]) -> bool:
-    """Parked by the init (``TALOS_PARKED=1``, see talos_os.init.supervisor.parking): everything is
-    imported; block until the init writes ``go`` (True) or closes the pipe because osd is not
-    needed (False)."""
-    return stdin.readline().strip() == b"go"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 -m talos_os.osd", description="The talos-os node API.")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="machine config [%(default)s]")
@@ -151,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     imported = time.monotonic()
     went = None
-    if os.environ.get(PARKED_ENV) == "1":
+    if parked():
         preload()
         imported = time.monotonic()
         if not wait_for_go(sys.stdin.buffer):

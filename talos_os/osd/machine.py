@@ -16,10 +16,11 @@ import grpc
 
 from talos_os.api.gen import machine_pb2 as mpb
 from talos_os.api.gen import machine_pb2_grpc as mpb_grpc
-from talos_os.init import control
+from talos_os.lib import control
 from talos_os.maintenance import disks
 from talos_os.maintenance.server import disk_reply
 from talos_os.osd.auth import abort, current_caller
+from talos_os.osd.initcall import ask_init
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +61,19 @@ class MachineServicer(mpb_grpc.MachineServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the config is too large ({len(request.data)} bytes)",
             )
-        try:
-            resp = control.call(
+        result = (
+            ask_init(
+                context,
                 self.control_socket,
                 "apply_config",
                 timeout=TIMEOUT,
+                refused="the init refused the config",
                 data=data,
                 mode=mode,
                 dry_run=request.dry_run,
             )
-        except (OSError, ValueError) as exc:
-            abort(context, grpc.StatusCode.UNAVAILABLE, f"osd cannot reach the init's control socket: {exc}")
-        if not resp.get("ok"):
-            code = str(resp.get("code"))
-            status = (
-                grpc.StatusCode.INVALID_ARGUMENT
-                if code in (control.INVALID, control.BAD_REQUEST)
-                else grpc.StatusCode.FAILED_PRECONDITION
-            )
-            abort(context, status, str(resp.get("error", "the init refused the config")))
-        result = resp.get("result") or {}
+            or {}
+        )
         return mpb.ApplyConfigurationReply(
             message=str(result.get("message", "")),
             action=str(result.get("action", "")),

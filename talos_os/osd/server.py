@@ -2,7 +2,7 @@
 
 osd holds no power of its own over the node: reboot, shutdown, reset, service control, service
 logs and service stats are requests to the init over its control socket
-(:mod:`talos_os.init.control`), and so are links and routes (the init holds netlink). What it
+(:mod:`talos_os.lib.control`), and so are links and routes (the init holds netlink). What it
 reads itself (processes, mounts, memory, the kernel log, files) it reads as root from /proc, /sys
 and the file system.
 """
@@ -27,8 +27,8 @@ import grpc
 from talos_os import __version__, api, pki
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.api.gen import node_pb2_grpc as pb_grpc
-from talos_os.init import control
-from talos_os.osd import containers, kmsg, limits, node, opener, transfer
+from talos_os.lib import control
+from talos_os.osd import containers, initcall, kmsg, limits, node, opener, transfer
 from talos_os.osd import machine as machine_service
 from talos_os.osd import upgrade as upgrade_service
 from talos_os.osd.auth import (
@@ -39,6 +39,7 @@ from talos_os.osd.auth import (
     current_caller,
     server_credentials,
 )
+from talos_os.osd.initcall import ask_init
 from talos_os.osd.kubeconfig import NoKubeconfig, admin_kubeconfig
 from talos_os.osd.relay import Relay, RelayInterceptor
 from talos_os.osd.startconfig import full_config
@@ -52,7 +53,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 50000
 DEFAULT_KUBECONFIG = Path("/etc/kubernetes/admin.conf")
 LOGS_POLL = 1.0  # seconds a follow waits for new lines before checking the client is still there
-CONTROL_TIMEOUT = 30.0
 HANDSHAKE_TIMEOUT = 10.0  # seconds a client has to finish its TLS handshake
 MAX_CONNECTIONS = 8192  # connections at once (each is a descriptor), well under FD_LIMIT
 FD_LIMIT = 65536
@@ -85,22 +85,6 @@ _TRANSFER_CODES = {
     "denied": grpc.StatusCode.PERMISSION_DENIED,
     "failed": grpc.StatusCode.INTERNAL,
 }
-# The init's control-socket failure codes (talos_os.init.control.CODES) as gRPC statuses.
-_CONTROL_CODES = {
-    control.BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
-    control.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
-    control.INVALID: grpc.StatusCode.INVALID_ARGUMENT,
-    control.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
-    control.DENIED: grpc.StatusCode.PERMISSION_DENIED,
-    control.INTERNAL: grpc.StatusCode.INTERNAL,
-}
-
-
-def control_status(resp: dict[str, Any]) -> grpc.StatusCode:
-    """The gRPC status of the init's ``ok: false`` answer, from its code (an unknown one: FAILED_PRECONDITION)."""
-    return _CONTROL_CODES.get(str(resp.get("code")), grpc.StatusCode.FAILED_PRECONDITION)
-
-
 SKIPPED_COUNT = api.SKIPPED_COUNT
 SKIPPED_PATHS = api.SKIPPED_PATHS
 SKIPPED_SHOWN = 10  # skipped paths named in the trailing metadata
@@ -131,18 +115,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     # --- the init --------------------------------------------------------------------------------
 
     def _init(self, context: grpc.ServicerContext, op: str, **kw: Any) -> Any:
-        try:
-            resp = control.call(self.settings.control_socket, op, timeout=CONTROL_TIMEOUT, **kw)
-        except (OSError, ValueError) as exc:
-            abort(
-                context,
-                grpc.StatusCode.UNAVAILABLE,
-                f"osd cannot reach the init's control socket {self.settings.control_socket}: {exc}",
-            )
-        if not resp.get("ok"):
-            error = transfer.shown(str(resp.get("error", "the init refused the request")))
-            abort(context, control_status(resp), error)
-        return resp.get("result")
+        return ask_init(context, self.settings.control_socket, op, **kw)
 
     def _action(self, context: grpc.ServicerContext, op: str) -> pb.ActionReply:
         caller = current_caller()
@@ -246,7 +219,7 @@ class NodeServicer(pb_grpc.NodeServicer):  # type: ignore[misc]
     def Processes(self, request: pb.ProcessesRequest, context: grpc.ServicerContext) -> pb.ProcessesReply:
         service_pids: dict[int, str] = {}
         try:
-            resp = control.call(self.settings.control_socket, "services", timeout=CONTROL_TIMEOUT)
+            resp = control.call(self.settings.control_socket, "services", timeout=initcall.CONTROL_TIMEOUT)
             for s in resp.get("result") or []:
                 if s.get("pid"):
                     service_pids[int(s["pid"])] = s["name"]

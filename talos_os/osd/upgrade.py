@@ -22,10 +22,10 @@ import grpc
 
 from talos_os.api.gen import upgrade_pb2 as pb
 from talos_os.api.gen import upgrade_pb2_grpc as pb_grpc
-from talos_os.init import control
 from talos_os.lib.atomic import atomic_path
 from talos_os.osd.auth import abort, current_caller
-from talos_os.upgrade import agent
+from talos_os.osd.initcall import ask_init
+from talos_os.upgrade import STAGING
 from talos_os.upgrade.download import DownloadError, download
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,16 @@ SERVICE = "talos.os.v1.Upgrade"
 MAX_UPLOAD = 4 << 30
 SPARE = 64 << 20  # bytes left free on /var after a bundle is stored
 POLL = 0.5
-CONTROL_TIMEOUT = 30.0
 
 
 class UpgradeServicer(pb_grpc.UpgradeServicer):
-    def __init__(self, control_socket: Path, staging: Path = agent.STAGING) -> None:
+    def __init__(self, control_socket: Path, staging: Path = STAGING) -> None:
         self.control_socket = control_socket
         self.staging = staging
         self._upload_lock = threading.Lock()
 
     def _init(self, context: grpc.ServicerContext, op: str, **kw: Any) -> Any:
-        try:
-            resp = control.call(self.control_socket, op, timeout=CONTROL_TIMEOUT, **kw)
-        except (OSError, ValueError) as exc:
-            abort(context, grpc.StatusCode.UNAVAILABLE, f"osd cannot reach the init's control socket: {exc}")
-        if not resp.get("ok"):
-            abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(resp.get("error", "the init refused")))
-        return resp.get("result")
+        return ask_init(context, self.control_socket, op, **kw)
 
     def _room(self, context: grpc.ServicerContext, size: int) -> None:
         self.staging.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from talos_os.init import syscalls
-from talos_os.init.control import ControlError
-from talos_os.upgrade import bundle, drain, grubenv, slots, writer
+from talos_os.lib.control import ControlError
+from talos_os.upgrade import STAGING, bundle, drain, grubenv, slots, writer
 
-STAGING = Path("/var/lib/talos/upgrade")
 BOOT_MOUNT = Path("/run/talos/boot")
 DRAIN_TIMEOUT = 300.0  # seconds a drain may take, the API's slow answers included
 DEFAULT_DEADLINE = 900.0  # seconds a slot on trial has to become ready (talos.upgrade.deadline=)

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from talos_os.init.control import ControlServer, call, dispatch, supervisor_handlers
+from talos_os.init.control import ControlServer, dispatch, supervisor_handlers
 from talos_os.init.supervisor import Restart, ServiceSpec, State, Supervisor
+from talos_os.lib.control import call
 
 T = 10.0
 DAEMON = [sys.executable, "-c", "import time; time.sleep(60)"]

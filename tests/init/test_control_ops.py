@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from talos_os.init.control import MAX_WAIT, ControlServer, call, read_logs, supervisor_handlers
+from talos_os.init.control import MAX_WAIT, ControlServer, read_logs, supervisor_handlers
 from talos_os.init.supervisor import LogBuffer, Restart, ServiceSpec, State, Supervisor
+from talos_os.lib.control import call
 
 T = 10.0
 

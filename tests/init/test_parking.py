@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from talos_os.init.supervisor import ProcessRunner, Restart, ServiceSpec, State, Supervisor, WaitReaper
-from talos_os.init.supervisor.parking import PARKED_ENV, ParkingRunner
-from talos_os.osd import __main__ as osd_main
+from talos_os.init.supervisor.parking import ParkingRunner
+from talos_os.lib.parked import PARKED_ENV, parked, wait_for_go
 
 REPO = Path(__file__).resolve().parents[2]
 T = 10.0
@@ -126,9 +126,10 @@ def test_close_lets_parked_processes_exit(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
-def test_osd_waits_for_its_go() -> None:
-    assert osd_main.wait_for_go(io.BytesIO(b"go\n"))
-    assert not osd_main.wait_for_go(io.BytesIO(b""))
+def test_a_parked_service_waits_for_its_go() -> None:
+    assert wait_for_go(io.BytesIO(b"go\n"))
+    assert not wait_for_go(io.BytesIO(b""))
+    assert parked({PARKED_ENV: "1"}) and not parked({})
 
 
 def test_a_parked_osd_that_is_not_needed_exits_without_reading_anything(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from talos_os.init.control import ControlServer, call, network_handlers
+from talos_os.init.control import ControlServer, network_handlers
 from talos_os.lib import netinfo
+from talos_os.lib.control import call
 from talos_os.osd.__main__ import node_addresses
 
 

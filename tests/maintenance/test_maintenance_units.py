@@ -138,7 +138,7 @@ def test_a_config_of_another_cluster_is_refused(cluster: dict[str, str]) -> None
 def test_the_control_op_validates_first(cluster: dict[str, str]) -> None:
     import base64
 
-    from talos_os.init.control import ControlError
+    from talos_os.lib.control import ControlError
 
     rec = Recorder()
     current = [loads(cluster["worker"])]

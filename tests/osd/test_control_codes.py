@@ -6,8 +6,9 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from talos_os.init import control
-from talos_os.osd.server import control_status
+from talos_os.init.control import dispatch
+from talos_os.lib import control
+from talos_os.osd.initcall import STATUS_OF, control_status
 
 
 @pytest.mark.parametrize(
@@ -36,7 +37,7 @@ def test_every_refusal_has_its_code(line: bytes, code: str) -> None:
         raise RuntimeError("disk on fire")
 
     handlers = {"missing": missing, "refuse": refuse, "later": later, "crash": crash}
-    answer = control.dispatch(handlers, line)
+    answer = dispatch(handlers, line)
     assert answer["ok"] is False and answer["code"] == code and answer["error"]
 
 
@@ -57,6 +58,4 @@ def test_osd_maps_codes_not_messages(code: str, status: grpc.StatusCode) -> None
 
 
 def test_every_code_has_a_status() -> None:
-    from talos_os.osd import server
-
-    assert set(server._CONTROL_CODES) == set(control.CODES)
+    assert set(STATUS_OF) == set(control.CODES)

@@ -1,6 +1,7 @@
 """A parked osd has imported everything before its go: serving (certificate, grpc server, TLS
 check, the init's network answer) loads no further module, so none is read from the node's
-compressed root while the boot waits for the API."""
+compressed root while the boot waits for the API. And osd stays lean: it never loads netlink
+(pyroute2, the init's) nor any of the init's own modules (the supervisor, the upgrade agent)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ server = osd.build(args, osd.start_config(args.config))
 server.start()
 server.stop(grace=0)
 print(sorted(m for m in sys.modules if m.startswith("pyroute2")))  # netlink is the init's
+print(sorted(m for m in sys.modules if m.startswith(("talos_os.init", "talos_os.upgrade.agent"))))
 print(sorted(set(sys.modules) - before))
 """
 
@@ -37,6 +39,7 @@ def test_serving_imports_nothing_a_parked_osd_has_not_loaded(tmp_path: Path) -> 
                                 capture_output=True, text=True, cwd=REPO, timeout=120)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "cannot list" not in result.stderr, result.stderr  # the addresses came from the init
-    netlink, imported = result.stdout.strip().splitlines()[-2:]
+    netlink, init, imported = result.stdout.strip().splitlines()[-3:]
     assert netlink == "[]", result.stdout + result.stderr  # osd served without loading pyroute2
+    assert init == "[]", result.stdout + result.stderr  # nor the init's supervisor or upgrade agent
     assert imported == "[]", result.stdout + result.stderr

@@ -76,9 +76,10 @@ def test_an_upload_stream_is_relayed_to_the_far_node(cluster: Cluster, node: Nod
     with grpc.secure_channel(f"127.0.0.1:{front.port}", creds) as ch:
         stub = upb_grpc.UpgradeStub(ch)  # type: ignore[no-untyped-call]
         err = rpc_error(lambda: stub.Upload(chunks(), metadata=md(node), timeout=T))
-    # The far node's osd answered: its init (a test supervisor) has no upgrade agent. Served by the
-    # front instead, the call would have found no init at all (UNAVAILABLE).
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    # The far node's osd answered: its init (a test supervisor) has no upgrade agent, so the op is
+    # unknown there (the init's bad_request: INVALID_ARGUMENT). Served by the front instead, the call
+    # would have found no init at all (UNAVAILABLE).
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     assert "unknown op 'upgrade_slots'" in err.details()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from upgradekit import FileDisk, make_bundle
 
-from talos_os.init.control import ControlError
+from talos_os.lib.control import ControlError
 from talos_os.upgrade import agent, slots
 
 

@@ -26,11 +26,9 @@ from talos_os.init.supervisor.model import Handle, Runner, ServiceSpec
 from talos_os.init.supervisor.process import ProcessHandle
 from talos_os.init.supervisor.reaper import Reaper
 from talos_os.lib.cgroups import CgroupTree
+from talos_os.lib.parked import GO, PARKED_ENV
 
 log = logging.getLogger(__name__)
-
-PARKED_ENV = "TALOS_PARKED"  # set to "1" in a parked process's environment
-GO = b"go\n"
 
 
 @dataclass
