@@ -30,12 +30,18 @@ BIN_DIRS = ("usr/bin", "usr/sbin", "usr/local/bin", "usr/local/sbin", "usr/libex
 STAGE2_LAUNCHER = """#!/usr/bin/python3.11 -I
 # talos-os init, stage 2 (PID 1 inside the read-only root). If even the import fails, say why on
 # the console and reboot after a minute: PID 1 exiting would panic the kernel.
-import ctypes, time, traceback
+# The collector stays off while the init imports (its passes over the config model's many new
+# objects cost a few percent of the imports, seconds under emulation), and what the imports made is
+# then frozen: it lives as long as PID 1 and no later pass walks it again.
+import ctypes, gc, time, traceback
 
+gc.disable()
 try:
     from talos_os.init import early
     parked = early.park()  # osd imports on the other CPU while the init imports below
     from talos_os.init.main import main
+    gc.freeze()
+    gc.enable()
 except BaseException:
     with open("/dev/console", "w") as console:
         console.write("[talos] FATAL: the init cannot start:\\n" + traceback.format_exc() + "[talos] rebooting in 60 s\\n")
