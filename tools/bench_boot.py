@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +40,8 @@ PHASE_DONE = re.compile(r"\[talos\] phase (.+): done in (\d+) ms")
 OSD_START = re.compile(
     r"started ([\d.]+) s after boot, imports ([\d.]+) s, (?:parked ([\d.]+) s, )?serving ([\d.]+) s later"
 )
+OSD_SPLIT = re.compile(r"serving [\d.]+ s later \(([^)]*)\)")
+OSD_STEP = re.compile(r"([^,]+?) ([\d.]+) s(?:, |$)")
 READY_RSS = re.compile(r"init resident memory (\d+) KiB")
 
 
@@ -104,6 +106,21 @@ def _stamp(vm: qemu.Boot, stamped: list[tuple[float, str]], stop: threading.Even
         stamped.extend((now, line) for line in new)
 
 
+def osd_start(log: str) -> dict[str, float]:
+    """osd's start from its "serving the node API" line: imports, parked, serving, and serving's
+    steps (config, identity, listen, TLS 1.2 check) as ``osd: <step>``."""
+    m = OSD_START.search(log)
+    if not m:
+        return {}
+    got = {"started": float(m[1]), "imports": float(m[2]), "serving": float(m[4])}
+    if m[3] is not None:
+        got["parked"] = float(m[3])
+    split = OSD_SPLIT.search(log)
+    if split:
+        got |= {f"osd: {name}": float(sec) for name, sec in OSD_STEP.findall(split[1])}
+    return got
+
+
 def _vm_rss(talosconfig: Path, endpoint: str, pid: object) -> float | None:
     status = nodevm.osctl(talosconfig, endpoint, "read", f"/proc/{pid}/status").stdout
     m = re.search(r"VmRSS:\s+(\d+) kB", status)
@@ -142,12 +159,7 @@ def boot_once(raw: Path, firmware: str, config: str, talosconfig: Path, memory_m
             run.init_rss_mib = _vm_rss(talosconfig, endpoint, 1)
             if "osd" in pids:
                 run.osd_rss_mib = _vm_rss(talosconfig, endpoint, pids["osd"])
-            logs = nodevm.osctl(talosconfig, endpoint, "logs", "osd").stdout
-            m = OSD_START.search(logs)
-            if m:
-                run.osd_start = {"started": float(m[1]), "imports": float(m[2]), "serving": float(m[4])}
-                if m[3] is not None:
-                    run.osd_start["parked"] = float(m[3])
+            run.osd_start = osd_start(nodevm.osctl(talosconfig, endpoint, "logs", "osd").stdout)
     return run
 
 
@@ -177,13 +189,19 @@ def table(runs: dict[str, list[BootRun]]) -> list[str]:
         f"  {'QEMU start -> osctl version':<28}"
         + "".join(f"{_fmt(_median([b.total for b in runs[c]])):>9}" for c in cols)
     )
-    for label, get in (
+    splits: list[str] = []
+    for boots in runs.values():
+        for b in boots:
+            splits += [k for k in b.osd_start if k.startswith("osd: ") and k not in splits]
+    rows: list[tuple[str, Callable[[BootRun], float | None]]] = [
         ("osd imports", lambda b: b.osd_start.get("imports")),
         ("osd parked (init not ready)", lambda b: b.osd_start.get("parked")),
         ("osd start after imports", lambda b: b.osd_start.get("serving")),
+        *((f"  {k.removeprefix('osd: ')}", lambda b, k=k: b.osd_start.get(k)) for k in splits),
         ("init RSS (MiB)", lambda b: b.init_rss_mib),
         ("osd RSS (MiB)", lambda b: b.osd_rss_mib),
-    ):
+    ]
+    for label, get in rows:
         lines.append(
             f"  {label:<28}" + "".join(f"{_fmt(_median([get(b) for b in runs[c]])):>9}" for c in cols)
         )

@@ -15,6 +15,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -114,14 +115,16 @@ def process_start(stat: Path = Path("/proc/self/stat")) -> float | None:
         return None
 
 
-def startup_times(imported: float, went: float | None = None) -> str:
+def startup_times(imported: float, went: float | None = None, steps: Sequence[tuple[str, float]] = ()) -> str:
     """Where osd's start went, for its log and ``make bench``: imports, then (when the init parked
-    it) the wait for its go, then config, identity, listen."""
+    it) the wait for its go, then serving, split into ``steps`` (config, identity, listen, the TLS
+    1.2 check: each name with its seconds)."""
     now = time.monotonic()
     began = process_start()
     imports = "" if began is None else f"started {began:.1f} s after boot, imports {imported - began:.1f} s, "
     parked = "" if went is None else f"parked {went - imported:.1f} s, "
-    return f"{imports}{parked}serving {now - (went or imported):.1f} s later, {now:.1f} s after boot"
+    split = f" ({', '.join(f'{name} {seconds:.1f} s' for name, seconds in steps)})" if steps else ""
+    return f"{imports}{parked}serving {now - (went or imported):.1f} s later{split}, {now:.1f} s after boot"
 
 
 def preload() -> None:
@@ -153,9 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="osd: %(levelname)s %(message)s", stream=sys.stderr)
     try:
+        began = time.monotonic()
         config = start_config(args.config)
-        server = build(args, config)
+        read = time.monotonic()
+        server = build(args, config)  # the node's addresses from the init, the certificate
+        built = time.monotonic()
         server.start()
+        probe = server.tls_check_seconds or 0.0  # start() ends with the probe
+        steps = [
+            ("config", read - began),
+            ("identity", built - read),
+            ("listen", time.monotonic() - built - probe),
+            ("TLS 1.2 check", probe),
+        ]
     except UnusableConfig as exc:
         print(f"osd: the machine config {args.config} is not usable: {exc}", file=sys.stderr)
         return 1
@@ -170,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     print(
-        f"osd: serving the node API on port {server.port} ({startup_times(imported, went)})",
+        f"osd: serving the node API on port {server.port} ({startup_times(imported, went, steps)})",
         file=sys.stderr,
         flush=True,
     )

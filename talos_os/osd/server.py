@@ -16,6 +16,7 @@ import os
 import platform
 import resource
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -449,6 +450,7 @@ class Osd:
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
         self.admission = limits.Admission(limits.for_workers(max_workers))
+        self.tls_check_seconds: float | None = None  # how long start()'s TLS 1.2 probe took
         self._server: grpc.Server | None = None
         self._servicer: NodeServicer | None = None
 
@@ -481,7 +483,10 @@ class Osd:
         server.start()
         self._server = server
         threading.Thread(target=self._servicer.opener.warm, name="opener-warm", daemon=True).start()
-        if self._tls12_accepted(bound):
+        probe_began = time.monotonic()
+        accepted = self._tls12_accepted(bound)
+        self.tls_check_seconds = time.monotonic() - probe_began
+        if accepted:
             self.stop()
             raise OsdError(
                 "grpc accepted a TLS 1.2 handshake, so osd refuses to serve: grpc was loaded before "

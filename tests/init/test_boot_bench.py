@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.bench_boot import BootRun, stages, table
+from tools.bench_boot import BootRun, osd_start, stages, table
 
 LOG = [
     (0.2, "SeaBIOS (version 1.16.2-debian-1.16.2-1)"),
@@ -46,3 +46,14 @@ def test_direct_kernel_boot_has_no_loader_row_and_the_table_has_medians() -> Non
     runs = {"bios": [BootRun("bios", stages=got, total=40.0, init_rss_mib=40.0), BootRun("bios", total=44.0)]}
     lines = table(runs)
     assert any("QEMU start -> osctl version" in line and "42.0" in line for line in lines)
+
+
+def test_osd_start_and_its_steps_come_from_its_serving_line() -> None:
+    line = ("osd: serving the node API on port 50000 (started 14.2 s after boot, imports 7.0 s, parked 5.6 s, "
+            "serving 2.6 s later (config 0.1 s, identity 1.3 s, listen 0.4 s, TLS 1.2 check 0.8 s), 29.5 s after boot)")  # fmt: skip
+    got = osd_start("earlier lines\n" + line + "\n")
+    assert got == {"started": 14.2, "imports": 7.0, "parked": 5.6, "serving": 2.6, "osd: config": 0.1,
+                   "osd: identity": 1.3, "osd: listen": 0.4, "osd: TLS 1.2 check": 0.8}  # fmt: skip
+    lines = table({"bios": [BootRun("bios", total=30.0, osd_start=got)]})
+    assert any(line.split() == ["TLS", "1.2", "check", "0.8"] for line in lines)
+    assert osd_start("an older osd: serving 2.6 s later, 29.5 s after boot") == {}

@@ -75,3 +75,5 @@ def test_startup_line_names_imports_and_serving(tmp_path: Path) -> None:
     stat.write_text("42 (python3 (x)) S " + " ".join(["0"] * 16) + " 500 0 0\n")
     assert osd_main.process_start(stat) is not None
     assert "serving" in osd_main.startup_times(0.0)
+    split = osd_main.startup_times(0.0, steps=[("config", 0.04), ("identity", 1.26), ("TLS 1.2 check", 0.5)])
+    assert "s later (config 0.0 s, identity 1.3 s, TLS 1.2 check 0.5 s), " in split
