@@ -158,18 +158,27 @@ def test_the_cluster_becomes_healthy(cluster: LocalCluster) -> None:
     """NODE_SIDE: workers join (trustd identity for osd, kubeadm join) and everything is Ready."""
     if _healthy.get("state") == "no api":
         pytest.fail(_healthy["why"])
+    passing: list[str] = []  # the report of the run that passed
+
+    def healthy() -> bool:
+        result = cluster.health()
+        if result.returncode == 0:
+            passing.append(result.stdout)
+        return result.returncode == 0
+
     try:
-        seconds = cluster.wait(
-            "osctl health to pass", lambda: cluster.health().returncode == 0, HEALTHY_TIMEOUT, 30
-        )
+        seconds = cluster.wait("osctl health to pass", healthy, HEALTHY_TIMEOUT, 30)
     except TimeoutError:
         text = cluster.health().stdout
         _healthy.update(state="unhealthy", why=text.strip().replace("\n", "; ")[-600:])
         pytest.fail(f"the cluster did not become healthy within {HEALTHY_TIMEOUT} s:\n{text}")
     _healthy["state"] = "healthy"
     print(f"healthy {seconds:.0f} s after the init node's API server answered")
-    report = cluster.health()
-    assert report.stdout.count("OK    ") == 5 and "FAIL" not in report.stdout, report.stdout
+    # The passing report itself says every check passed. (A second health call here once met a
+    # 20 s API read timeout under emulation, seconds after the first had passed: it tested the
+    # machine's load, not the cluster.)
+    report = passing[-1]
+    assert report.count("OK    ") == 5 and "FAIL" not in report, report
 
 
 def test_workers_have_an_osd_identity_from_trustd(cluster: LocalCluster) -> None:
