@@ -7,7 +7,8 @@ or ``{"ok": false, "error": "...", "code": CODE}``, where CODE says what kind of
 (:data:`talos_os.lib.control.CODES`, so osd maps it to a gRPC status without reading the message).
 The client, the codes and :class:`~talos_os.lib.control.ControlError` live in
 :mod:`talos_os.lib.control`, so osd never imports this module. Only peers whose SO_PEERCRED uid is
-allowed (root) are served: the socket is the init's whole API, and osd (not this socket) authenticates remote users.
+allowed (root) are served: the socket is the init's whole API, and osd (not this socket)
+authenticates remote users.
 Handlers are injected, so tests wire a real :class:`~talos_os.init.supervisor.Supervisor`.
 Handlers must return quickly: reboot, shutdown and reset handlers only *request* the action (the
 reply is sent before the machine goes down). The one op that blocks is ``logs`` with ``wait``: a
