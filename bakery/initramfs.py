@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +195,14 @@ def split_boot_modules(index: ModuleIndex, load_order: list[str]) -> tuple[list[
     return root, late
 
 
+def render_platform_modules(table: Mapping[str, Sequence[str]]) -> str:
+    """``platform: module ...`` lines for stage 1 (``*``: that platform loads every boot module)."""
+    lines = ["# platform: the boot modules it loads from the root (*: all); unclaimed ones load everywhere"]
+    for name, mods in sorted(table.items()):
+        lines.append(f"{name}: {' '.join(mods)}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
 def _pyc_for(source: Path) -> Path:
     return source.parent / "__pycache__" / f"{source.stem}.cpython-311.pyc"
 
@@ -206,8 +215,12 @@ def build(
     load_order: list[str],
     out: Path,
     mtime: int,
+    platform_modules: Mapping[str, Sequence[str]] | None = None,
 ) -> InitramfsReport:
-    """Write the compressed initramfs to ``out``; ``tree`` is the finished (compiled) rootfs tree."""
+    """Write the compressed initramfs to ``out``; ``tree`` is the finished (compiled) rootfs tree.
+
+    ``platform_modules`` (from ``steps.platform_module_table``) tells stage 1 which late boot
+    modules each platform loads; without it, every boot loads them all."""
     arc = Archive()
     report = InitramfsReport()
     for d in DIRS:
@@ -275,6 +288,9 @@ def build(
     arc.add(f"{moddir}/modules.dep", Entry(stat.S_IFREG | 0o644, ("\n".join(dep_lines) + "\n").encode()))
     arc.add("etc/talos/modules", Entry(stat.S_IFREG | 0o644, ("\n".join(root_order) + "\n").encode()))
     arc.add("etc/talos/modules.late", Entry(stat.S_IFREG | 0o644, ("\n".join(late_order) + "\n").encode()))
+    if platform_modules is not None:
+        table = render_platform_modules(platform_modules)
+        arc.add("etc/talos/modules.platforms", Entry(stat.S_IFREG | 0o644, table.encode()))
     report.sizes["kernel modules"] = mod_bytes
     report.modules = names
 

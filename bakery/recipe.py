@@ -24,10 +24,12 @@ class Flavour:
 
 @dataclass(frozen=True)
 class PlatformModules:
-    """Modules one platform needs (required) or can use when the flavour has them (optional)."""
+    """Modules one platform needs (required) or can use when the flavour has them (optional);
+    ``all_drivers``: the platform can be any machine, so its boots load every platform's modules."""
 
     required: tuple[str, ...]
     optional: tuple[str, ...] = ()
+    all_drivers: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,9 @@ def load_kernel(path: Path = RECIPES_DIR / "kernel.yaml") -> KernelRecipe:
         default_flavour=d["default_flavour"],
         boot_modules=tuple(d["boot_modules"]),
         platforms={
-            name: PlatformModules(tuple(p.get("required", ())), tuple(p.get("optional", ())))
+            name: PlatformModules(
+                tuple(p.get("required", ())), tuple(p.get("optional", ())), bool(p.get("all_drivers", False))
+            )
             for name, p in d["platforms"].items()
         },
         rootfs_modules=tuple(d["rootfs_modules"]),

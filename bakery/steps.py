@@ -129,6 +129,15 @@ def boot_module_order(recipe: KernelRecipe, index: ModuleIndex, flavour: str) ->
     return list(dict.fromkeys(order)), skipped
 
 
+def platform_module_table(recipe: KernelRecipe, index: ModuleIndex) -> dict[str, list[str]]:
+    """Per platform, the modules of its own that this flavour has, led by ``*`` when it loads every
+    platform's too (``all_drivers``), so stage 1 loads only the boot modules of the platform it boots on."""
+    return {
+        name: ["*"] * mods.all_drivers + [m for m in (*mods.required, *mods.optional) if index.has(m)]
+        for name, mods in sorted(recipe.platforms.items())
+    }
+
+
 def _kernel_params(ctx: BakeContext) -> object:
     package = ctx.kernel_package()
     return {
@@ -169,6 +178,7 @@ def make_kernel(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entry])
         package=got.kernel_package,
         release=release,
         load_order=load_order,
+        platform_modules=platform_module_table(ctx.kernel_recipe, index),
         rootfs_load=rootfs_load,
         module_paths=module_paths,
     )
@@ -288,6 +298,7 @@ def make_initramfs(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entr
         kernel.meta["load_order"],
         staging.out / "initramfs.zst",
         ctx.opts.epoch,
+        platform_modules=kernel.meta.get("platform_modules"),
     )
     staging.meta.update(dataclasses.asdict(report))
 

@@ -23,13 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from talos_os.init import loopdev, syscalls
-from talos_os.kmod import ModuleIndex
+from talos_os.kmod import ModuleIndex, canonical
 from talos_os.lib import cmdline as kernel_cmdline
 from talos_os.lib.fslabel import probe_label
+from talos_os.lib.proctime import process_start
 
 NEWROOT = "/sysroot"
 MODULE_LIST = "/etc/talos/modules"  # written by the bakery: one module name per line, in load order
 LATE_MODULE_LIST = "/etc/talos/modules.late"  # boot modules that do not find the root: loaded from it
+PLATFORM_MODULES = "/etc/talos/modules.platforms"  # written by the bakery: "platform: module ..." lines
 LATE_MODULES_ENV = "TALOS_LATE_MODULES"  # tells stage 2 which modules the background loader loads
 DEFAULT_ROOT_LABEL = "ROOT-A"
 ROOT_WAIT_SECONDS = 60.0
@@ -44,6 +46,13 @@ def log(message: str) -> None:
     """Stage 1 writes to the console only: the kernel log is not ready for us yet."""
     sys.stdout.write(f"[talos] [{time.monotonic() - _T0:6.3f}] stage1: {message}\n")
     sys.stdout.flush()
+
+
+def started_line(ran: float | None, now: float) -> str:
+    """Where stage 1 sits on the boot's clock (seconds since the kernel started): when the kernel ran
+    /init and when Python was ready. ``make bench`` reads it; the kernel's own lines may be quiet."""
+    ran_at = "?" if ran is None else f"{ran:.2f}"
+    return f"/init ran at {ran_at} s of kernel time, Python ready at {now:.2f} s"
 
 
 def mount_kernel_filesystems() -> None:
@@ -196,6 +205,24 @@ def init_argv(cmdline: kernel_cmdline.Cmdline, init: str = "/sbin/init") -> list
     return [init]
 
 
+def late_for_platform(late: list[str], platform: str | None, table: str) -> list[str]:
+    """The late boot modules this boot loads: those no platform claims, and the named platform's own.
+
+    ``table`` is the bakery's ``platform: module ...`` lines. Every module loads when the platform
+    is not named (it is detected later), not in the table, or marked ``*`` (bare metal can be any
+    machine): a kvm node does not spend seconds loading the ENA, Xen and Mellanox drivers."""
+    claims: dict[str, set[str]] = {}
+    for line in table.splitlines():
+        name, sep, mods = line.partition(":")
+        if sep and not name.lstrip().startswith("#"):
+            claims[name.strip()] = {canonical(m) for m in mods.split()}
+    mine = claims.get(platform or "")
+    if mine is None or "*" in mine:
+        return late
+    claimed = set().union(*claims.values()) - {"*"}
+    return [m for m in late if canonical(m) in mine or canonical(m) not in claimed]
+
+
 def load_late_modules(names: list[str], release: str, newroot: str = NEWROOT) -> int:
     """Load the boot modules the initramfs does not carry from the mounted root (before the switch).
 
@@ -255,11 +282,14 @@ def main() -> None:
     """Stage 1 entry point (``/init`` in the initramfs)."""
     try:
         mount_kernel_filesystems()
+        log(started_line(process_start(), time.monotonic()))
         cmdline = kernel_cmdline.read()
         release = os.uname().release
         moddir = Path("/lib/modules") / release
         names = Path(MODULE_LIST).read_text().split() if Path(MODULE_LIST).exists() else []
         late = Path(LATE_MODULE_LIST).read_text().split() if Path(LATE_MODULE_LIST).exists() else []
+        if late and Path(PLATFORM_MODULES).exists():
+            late = late_for_platform(late, cmdline.get("talos.platform"), Path(PLATFORM_MODULES).read_text())
         count = load_modules(moddir, names) if moddir.is_dir() else 0
         log(f"kernel {release}: loaded {count} modules; {len(late)} more load from the root")
         root = mount_root(parse_root(cmdline.get("talos.root")))
