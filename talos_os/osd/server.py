@@ -450,12 +450,14 @@ class Osd:
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
         self.admission = limits.Admission(limits.for_workers(max_workers))
-        self.tls_check_seconds: float | None = None  # how long start()'s TLS 1.2 probe took
+        self.tls_check_seconds: float | None = None  # how long the TLS 1.2 probe took
         self._server: grpc.Server | None = None
         self._servicer: NodeServicer | None = None
 
-    def start(self) -> int:
-        """Listen, serve, and prove TLS 1.2 is refused; the bound port (useful with port 0)."""
+    def start(self, *, prove_tls: bool = True) -> int:
+        """Listen, serve, and (``prove_tls``) prove TLS 1.2 is refused; the bound port (useful with
+        port 0). osd's main proves it beside serving instead (:meth:`prove_tls_policy`), which keeps
+        the probe's round trips off the boot's path."""
         raise_fd_limit()
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="osd"),
@@ -483,18 +485,23 @@ class Osd:
         server.start()
         self._server = server
         threading.Thread(target=self._servicer.opener.warm, name="opener-warm", daemon=True).start()
-        probe_began = time.monotonic()
-        accepted = self._tls12_accepted(bound)
-        self.tls_check_seconds = time.monotonic() - probe_began
+        self.port = bound
+        if prove_tls:
+            self.prove_tls_policy()
+        log.info("osd listening on %s port %d (mutual TLS 1.3)", self.address, bound)
+        return bound
+
+    def prove_tls_policy(self) -> None:
+        """Offer our own server a TLS 1.2 hello; if it was accepted, stop serving and raise OsdError."""
+        began = time.monotonic()
+        accepted = self._tls12_accepted(self.port)
+        self.tls_check_seconds = time.monotonic() - began
         if accepted:
             self.stop()
             raise OsdError(
                 "grpc accepted a TLS 1.2 handshake, so osd refuses to serve: grpc was loaded before "
                 "talos_os.api set GRPC_SSL_CIPHER_SUITES (import talos_os.api first)"
             )
-        self.port = bound
-        log.info("osd listening on %s port %d (mutual TLS 1.3)", self.address, bound)
-        return bound
 
     def _interceptors(self) -> list[grpc.ServerInterceptor]:
         """Authorization for every call; before it, the relay of calls naming another node."""

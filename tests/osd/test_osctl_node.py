@@ -319,6 +319,11 @@ def test_osctl_and_osd_as_processes(node: Node, cluster: Cluster, tmp_path: Path
                 break
         else:
             pytest.fail(f"osd exited with {osd.wait()}")
+        for line in osd.stderr:  # the TLS policy is proven beside serving, and said
+            if "TLS 1.2 refused (checked in" in line:
+                break
+        else:
+            pytest.fail(f"osd exited with {osd.wait()} before proving TLS 1.2 is refused")
         tc = write_talosconfig(tmp_path / "talosconfig", cluster.ca, cluster.client(), [f"127.0.0.1:{port}"])
         env = {**os.environ, "TALOSCONFIG": str(tc)}
         version = subprocess.run([*OSCTL, "version"], env=env, capture_output=True, text=True, timeout=60)

@@ -11,6 +11,7 @@ import yaml
 
 from talos_os import pki
 from talos_os.config import generate, load
+from talos_os.lib import proctime
 from talos_os.osd import __main__ as osd_main
 from talos_os.osd import startconfig
 from talos_os.osd.auth import server_identity
@@ -73,7 +74,25 @@ def test_osd_starts_without_the_config_model() -> None:
 def test_startup_line_names_imports_and_serving(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     stat.write_text("42 (python3 (x)) S " + " ".join(["0"] * 16) + " 500 0 0\n")
-    assert osd_main.process_start(stat) is not None
+    assert proctime.process_start(stat) is not None
     assert "serving" in osd_main.startup_times(0.0)
     split = osd_main.startup_times(0.0, steps=[("config", 0.04), ("identity", 1.26), ("TLS 1.2 check", 0.5)])
     assert "s later (config 0.0 s, identity 1.3 s, TLS 1.2 check 0.5 s), " in split
+
+
+def test_a_server_that_accepts_tls12_is_stopped_and_osd_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """osd proves the policy beside serving: a breach stops the server and ends main with status 1."""
+    import threading
+
+    from talos_os.osd.server import OsdError
+
+    class Breached:
+        tls_check_seconds = 0.2
+
+        def prove_tls_policy(self) -> None:
+            raise OsdError("grpc accepted a TLS 1.2 handshake, so osd refuses to serve")
+
+    stopping, breached = threading.Event(), list[str]()
+    osd_main.police_tls(Breached(), stopping, breached)  # type: ignore[arg-type]
+    assert stopping.is_set() and breached == ["grpc accepted a TLS 1.2 handshake, so osd refuses to serve"]
+    assert "osd: grpc accepted a TLS 1.2 handshake" in capsys.readouterr().err
