@@ -7,8 +7,8 @@ answers. Every serial line is stamped with the seconds since QEMU started; the s
 read from those lines, so a regression shows where it is:
 
 - firmware: until GRUB's first output; loader: GRUB's menu, timeout and its reads of the kernel and
-  initramfs, until the kernel starts (stage 1's first line says when, on the kernel's clock, /init
-  ran and Python was ready; its wall time minus the latter; older images: the "Run /init" line);
+  initramfs, until the kernel starts (the "Run /init" line's wall time minus its kernel timestamp;
+  for a quiet kernel, stage 1's first line, which carries the kernel's uptime);
 - kernel: until it runs /init; stage 1: until the squashfs root is mounted; switch root: until the
   init in it is executed;
 - stage 2 start: the init's interpreter and imports, until its first phase ends;
@@ -45,7 +45,7 @@ from talos_os.osctl import client
 from tools import nodevm
 
 KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
-STAGE1_STARTED = re.compile(r"stage1: /init ran at ([\d.]+) s of kernel time, Python ready at ([\d.]+) s")
+STAGE1_STARTED = re.compile(r"stage1: Python ready at ([\d.]+) s of kernel time")
 PHASE_DONE = re.compile(r"\[talos\] phase (.+): done in (\d+) ms")
 OSD_START = re.compile(
     r"started ([\d.]+) s after boot, imports ([\d.]+) s, (?:parked ([\d.]+) s, )?serving ([\d.]+) s later"
@@ -69,15 +69,14 @@ class BootRun:
 
 
 def _kernel_times(stamped: Sequence[tuple[float, str]]) -> tuple[float, float] | None:
-    """When the kernel started and when it ran /init, on the QEMU clock: from stage 1's first line
-    (which carries the kernel's clock, so a quiet kernel still places them), else the kernel's
-    "Run /init" line."""
-    for wall, line in stamped:
-        if m := STAGE1_STARTED.search(line):
-            start = wall - float(m[2])
-            return start, start + float(m[1])
+    """When the kernel started and when it ran /init, on the QEMU clock: the kernel's "Run /init"
+    line gives both; a quiet kernel prints none, and then stage 1's first line (the kernel's uptime
+    once Python runs) places the start, and the kernel row runs until that line."""
     for wall, line in stamped:
         if (m := KERNEL_LINE.match(line)) and "Run /init" in line:
+            return wall - float(m[1]), wall
+    for wall, line in stamped:
+        if m := STAGE1_STARTED.search(line):
             return wall - float(m[1]), wall
     return None
 

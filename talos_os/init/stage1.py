@@ -26,7 +26,6 @@ from talos_os.init import loopdev, syscalls
 from talos_os.kmod import ModuleIndex, canonical
 from talos_os.lib import cmdline as kernel_cmdline
 from talos_os.lib.fslabel import probe_label
-from talos_os.lib.proctime import process_start
 
 NEWROOT = "/sysroot"
 MODULE_LIST = "/etc/talos/modules"  # written by the bakery: one module name per line, in load order
@@ -48,11 +47,11 @@ def log(message: str) -> None:
     sys.stdout.flush()
 
 
-def started_line(ran: float | None, now: float) -> str:
-    """Where stage 1 sits on the boot's clock (seconds since the kernel started): when the kernel ran
-    /init and when Python was ready. ``make bench`` reads it; the kernel's own lines may be quiet."""
-    ran_at = "?" if ran is None else f"{ran:.2f}"
-    return f"/init ran at {ran_at} s of kernel time, Python ready at {now:.2f} s"
+def started_line(now: float) -> str:
+    """Where stage 1 sits on the boot's clock: the kernel's uptime once Python is running. ``make
+    bench`` places the kernel's start with it even when the kernel's own lines are quiet. (PID 1's
+    start time in /proc is the kernel thread's, long before it executes /init: no use here.)"""
+    return f"Python ready at {now:.2f} s of kernel time"
 
 
 def mount_kernel_filesystems() -> None:
@@ -282,7 +281,7 @@ def main() -> None:
     """Stage 1 entry point (``/init`` in the initramfs)."""
     try:
         mount_kernel_filesystems()
-        log(started_line(process_start(), time.monotonic()))
+        log(started_line(time.monotonic()))
         cmdline = kernel_cmdline.read()
         release = os.uname().release
         moddir = Path("/lib/modules") / release

@@ -1,5 +1,6 @@
-"""When a process started, in seconds since the kernel booted: the clock stage 1, the init and osd
-print their start against, so ``make bench`` can place each on the boot's timeline."""
+"""When a process started, in seconds since the kernel booted: osd prints its start against it, so
+``make bench`` can place it on the boot's timeline. (Not for PID 1: its start is the kernel
+thread's, long before /init runs.)"""
 
 from __future__ import annotations
 
