@@ -199,3 +199,28 @@ def test_osctl_works_without_the_generated_stubs(gen: Path, tmp_path: Path) -> N
     version = osctl("version")
     assert version.returncode == 2 and "Traceback" not in version.stderr
     assert "the node API stubs (talos_os.api.gen) are missing from this installation" in version.stderr
+
+
+def test_osctl_starts_without_the_config_model_or_the_cluster_machinery() -> None:
+    """Every osctl call pays for what the CLI imports at start: a node command needs grpc and the
+    client certificate check, not pydantic, the config model or QEMU cluster code (each command that
+    needs them imports them)."""
+    heavy = ("pydantic", "talos_os.config.model", "talos_os.config.loader", "talos_os.cluster.create",
+             "talos_os.cluster.forward")  # fmt: skip
+    code = f"import sys, talos_os.osctl.cli; print(sorted(m for m in sys.modules if m.startswith({heavy!r})))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_config_package_loads_the_model_when_a_name_is_first_used() -> None:
+    code = (
+        "import sys, talos_os.config as c, talos_os.config.generate; assert 'talos_os.config.model' not in sys.modules; "
+        "m = c.MachineConfig; assert 'talos_os.config.model' in sys.modules and c.Mode.METAL == 'metal'; "
+        "from talos_os.config import ConfigError, load; print(m.__name__, ConfigError.__name__, load.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["MachineConfig", "ConfigError", "load"], result.stderr
+    missing = subprocess.run(
+        [sys.executable, "-c", "import talos_os.config as c; c.NoSuchThing"], capture_output=True, text=True
+    )
+    assert "module 'talos_os.config' has no attribute 'NoSuchThing'" in missing.stderr

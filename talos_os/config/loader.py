@@ -23,8 +23,8 @@ from yaml.constructor import SafeConstructor
 from yaml.resolver import Resolver
 
 from talos_os.config.errors import KEY_MARKER, ConfigError, ConfigIssue, describe, format_path
+from talos_os.config.kinds import Mode
 from talos_os.config.model import MachineConfig
-from talos_os.config.rules import Mode
 from talos_os.redact import redact
 
 #: Largest accepted document; configs are a few tens of KiB even with every certificate in them.

@@ -32,7 +32,8 @@ from pydantic_core import InitErrorDetails
 
 from talos_os.config.errors import invalid, message_for
 from talos_os.config.keys import load_certificate, load_private_key
-from talos_os.config.rules import SUGGESTED, Loc, MachineType, allowed_keys, mode_problems, role_problems
+from talos_os.config.kinds import MachineType
+from talos_os.config.rules import SUGGESTED, Loc, allowed_keys, mode_problems, role_problems
 from talos_os.config.types import (
     CIDR,
     AESCBCSecret,

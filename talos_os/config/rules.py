@@ -7,32 +7,13 @@ part of the document fails validation; :class:`talos_os.config.model.MachineConf
 
 import types
 from collections.abc import Iterator, Sequence
-from enum import StrEnum
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from talos_os.config.kinds import MachineType, Mode
+
 Loc = tuple[int | str, ...]
-
-
-class MachineType(StrEnum):
-    """What the node does in the cluster; decides which secrets it must (and must not) carry."""
-
-    INIT = "init"  # the control plane node that bootstraps the cluster
-    CONTROLPLANE = "controlplane"
-    WORKER = "worker"
-
-    @property
-    def is_control_plane(self) -> bool:
-        """Control planes hold the cluster CAs' private keys; workers never do."""
-        return self is not MachineType.WORKER
-
-
-class Mode(StrEnum):
-    """Where the config is used: on metal the node installs itself, so it must know its disk."""
-
-    CLOUD = "cloud"
-    METAL = "metal"
 
 
 _ABSENT = object()

@@ -1,5 +1,8 @@
 """``osctl cluster create|destroy|show`` and ``osctl health``: local clusters of QEMU nodes.
 
+Each command imports the cluster machinery it drives (create, destroy, vm, health) itself: every
+other osctl command loads this module and should not pay for them.
+
 The work lives in :mod:`talos_os.cluster`; this module parses options, shows progress and turns
 ClusterError into one ``Error:`` line.
 """
@@ -16,9 +19,6 @@ from typing import Any, TypeVar
 import click
 
 from talos_os import talosconfig
-from talos_os.cluster import create as create_mod
-from talos_os.cluster import destroy as destroy_mod
-from talos_os.cluster import vm
 from talos_os.cluster.state import DEFAULT_CIDR, ClusterError, ClusterState, existing_clusters, state_root
 from talos_os.osctl import flags
 from talos_os.osctl.errors import user_errors
@@ -137,6 +137,7 @@ def create_cmd(
     state_dir: Path | None,
 ) -> None:
     """Create a cluster: network namespace, DHCP, one QEMU per node; merge its talosconfig context."""
+    from talos_os.cluster import create as create_mod
     from talos_os.cluster import health
 
     registry_mirrors: dict[str, list[str]] = {}
@@ -208,6 +209,8 @@ def _say_next(state: ClusterState) -> None:
 @_state_option()
 def destroy_cmd(name: str, state_dir: Path | None) -> None:
     """Stop the VMs and remove the namespace, taps, files and the talosconfig context."""
+    from talos_os.cluster import destroy as destroy_mod
+
     root = state_root(state_dir)
     with cluster_errors():
         done = destroy_mod.destroy(root / name, name, say=lambda line: click.echo(line, err=True))
@@ -222,6 +225,8 @@ def destroy_cmd(name: str, state_dir: Path | None) -> None:
 @flags.output_option()
 def show_cmd(name: str | None, state_dir: Path | None, output: str | None) -> None:
     """List the clusters, or one cluster's nodes with their state and forwarded ports."""
+    from talos_os.cluster import vm
+
     root = state_root(state_dir)
     fmt = flags.output_format(output)
     with cluster_errors():

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from talos_os import pki, talosconfig
-from talos_os.config import ConfigError, Mode, json_schema, loads
 from talos_os.config.generate import DEFAULT_INSTALL_DISK, DEFAULT_KUBERNETES_VERSION, FILE_NAMES, generate
+from talos_os.config.kinds import Mode
 from talos_os.osctl import flags
 from talos_os.osctl.errors import user_errors
 from talos_os.osctl.output import render
@@ -136,6 +136,8 @@ def generate_cmd(
 @click.pass_context
 def validate_cmd(ctx: click.Context, file: str, mode: str | None) -> None:
     """Check a machine config (FILE, or - for stdin); print every problem, one per line, and exit 1 if any."""
+    from talos_os.config import ConfigError, loads  # the model: only for the commands that validate
+
     shown = "stdin" if file == "-" else file
     try:
         data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
@@ -155,6 +157,8 @@ def validate_cmd(ctx: click.Context, file: str, mode: str | None) -> None:
 @config.command("schema", epilog="Example: osctl config schema > talos-os-config.schema.json")
 def schema_cmd() -> None:
     """Print the machine config's JSON Schema (for editors and CI)."""
+    from talos_os.config import json_schema
+
     click.echo(json.dumps(json_schema(), indent=2))
 
 
