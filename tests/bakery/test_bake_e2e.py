@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sigint import default_sigint
 
 from bakery import policy, qemu
 from bakery.fetch import sha256_of
@@ -210,7 +211,7 @@ def test_interrupted_bake_leaves_no_final_named_file(
     done = subprocess.run(  # a relative --out, as users type it
         [sys.executable, "-c", _INTERRUPT_AFTER_COPY, "raw", "--out", "out", "--locked",
          "--squashfs-level", str(FAST_SQUASHFS_LEVEL)],  # the steps baked_image cached: only the copy runs
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, preexec_fn=default_sigint,
     )  # fmt: skip
     assert "holds the copy" in done.stderr, done.stderr[-3000:]
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]

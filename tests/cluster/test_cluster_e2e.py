@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sigint import default_sigint
 
 from bakery.image import BakeOptions, BakeResult, bake
 from bakery.options import FAST_SQUASHFS_LEVEL
@@ -85,12 +86,6 @@ def needs_healthy() -> None:
         )
 
 
-def _default_sigint() -> None:
-    """A pytest started in the background (``cmd &`` in a script) hands its children SIGINT ignored,
-    and osctl would rightly keep it so: give create the operator's ^C back."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_during_create_cleans_up_like_destroy(baked_image: BakeResult, tmp_path: Path) -> None:
     """Interrupted while it waits for health, create removes VMs, forwarder, dnsmasq, namespace, files, context."""
     name = f"int-{os.getpid()}"
@@ -98,7 +93,7 @@ def test_ctrl_c_during_create_cleans_up_like_destroy(baked_image: BakeResult, tm
     proc = subprocess.Popen(
         [str(OSCTL), "--talosconfig", str(tc), "cluster", "create", "--name", name, "--workers", "0",
          "--image", str(baked_image.raw), "--state", str(root), "--memory", "1024"],
-        stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
+        stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
     )  # fmt: skip
     assert proc.stderr is not None
     lines = []

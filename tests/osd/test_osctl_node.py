@@ -20,6 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner, Result
 from osdenv import Cluster, Node, T, write_talosconfig
+from sigint import default_sigint
 
 from talos_os import __version__, pki, talosconfig
 from talos_os.osctl.cli import cli
@@ -333,8 +334,9 @@ def test_osctl_and_osd_as_processes(node: Node, cluster: Cluster, tmp_path: Path
         node.tick(1)
         node.wait_log_lines("ticker", node.ticks + 1)
         follow = subprocess.Popen(
-            [*OSCTL, "logs", "-f", "--tail", "1", "ticker"], env=env, stdout=subprocess.PIPE, text=True
-        )
+            [*OSCTL, "logs", "-f", "--tail", "1", "ticker"],
+            env=env, stdout=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+        )  # fmt: skip
         try:
             lines = _lines(follow)
             assert lines.get(timeout=T) == f"tick {node.ticks}\n"  # the stream is open
