@@ -7,8 +7,7 @@ answers. Every serial line is stamped with the seconds since QEMU started; the s
 read from those lines, so a regression shows where it is:
 
 - firmware: until GRUB's first output; loader: GRUB's menu, timeout and its reads of the kernel and
-  initramfs, until the kernel starts (the "Run /init" line's wall time minus its kernel timestamp;
-  for a quiet kernel, stage 1's first line, which carries the kernel's uptime);
+  initramfs, until the kernel starts (the "Run /init" line's wall time minus its kernel timestamp);
 - kernel: until it runs /init; stage 1: until the squashfs root is mounted; switch root: until the
   init in it is executed;
 - stage 2 start: the init's interpreter and imports, until its first phase ends;
@@ -45,7 +44,6 @@ from talos_os.osctl import client
 from tools import nodevm
 
 KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
-STAGE1_STARTED = re.compile(r"stage1: Python ready at ([\d.]+) s of kernel time")
 PHASE_DONE = re.compile(r"\[talos\] phase (.+): done in (\d+) ms")
 OSD_START = re.compile(
     r"started ([\d.]+) s after boot, imports ([\d.]+) s, (?:parked ([\d.]+) s, )?serving ([\d.]+) s later"
@@ -68,30 +66,19 @@ class BootRun:
     cli_seconds: float | None = None  # the osctl version run itself (host side)
 
 
-def _kernel_times(stamped: Sequence[tuple[float, str]]) -> tuple[float, float] | None:
-    """When the kernel started and when it ran /init, on the QEMU clock: the kernel's "Run /init"
-    line gives both; a quiet kernel prints none, and then stage 1's first line (the kernel's uptime
-    once Python runs) places the start, and the kernel row runs until that line."""
-    for wall, line in stamped:
-        if (m := KERNEL_LINE.match(line)) and "Run /init" in line:
-            return wall - float(m[1]), wall
-    for wall, line in stamped:
-        if m := STAGE1_STARTED.search(line):
-            return wall - float(m[1]), wall
-    return None
-
-
 def stages(stamped: Sequence[tuple[float, str]], answered: float) -> dict[str, float]:
     """Stage durations from serial lines stamped with seconds since QEMU start (see the module doc)."""
     marks: list[tuple[str, float]] = []
     grub = next((t for t, line in stamped if "GRUB" in line), None)
+    run_init = next(
+        ((t, m) for t, line in stamped if (m := KERNEL_LINE.match(line)) and "Run /init" in line), None
+    )
     if grub is not None:
         marks.append(("firmware", grub))
-    kernel = _kernel_times(stamped)
-    if kernel is not None:
-        kernel_start, ran_init = kernel
-        kernel_start = max(kernel_start, grub or 0.0)
-        marks += [("loader" if grub is not None else "firmware + loader", kernel_start), ("kernel", ran_init)]
+    if run_init is not None:
+        wall, match = run_init
+        kernel_start = max(wall - float(match.group(1)), grub or 0.0)
+        marks += [("loader" if grub is not None else "firmware + loader", kernel_start), ("kernel", wall)]
     for name, text in (("stage 1", "switching root"), ("switch root", "stage1: exec")):
         t = next((t for t, line in stamped if text in line), None)
         if t is not None:

@@ -47,13 +47,6 @@ def log(message: str) -> None:
     sys.stdout.flush()
 
 
-def started_line(now: float) -> str:
-    """Where stage 1 sits on the boot's clock: the kernel's uptime once Python is running. ``make
-    bench`` places the kernel's start with it even when the kernel's own lines are quiet. (PID 1's
-    start time in /proc is the kernel thread's, long before it executes /init: no use here.)"""
-    return f"Python ready at {now:.2f} s of kernel time"
-
-
 def mount_kernel_filesystems() -> None:
     """devtmpfs, proc and sysfs: everything after this needs them."""
     for source, target, fstype, flags in (
@@ -281,7 +274,6 @@ def main() -> None:
     """Stage 1 entry point (``/init`` in the initramfs)."""
     try:
         mount_kernel_filesystems()
-        log(started_line(time.monotonic()))
         cmdline = kernel_cmdline.read()
         release = os.uname().release
         moddir = Path("/lib/modules") / release

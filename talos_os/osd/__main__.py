@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -24,7 +25,6 @@ import yaml
 from talos_os import pki
 from talos_os.lib import control
 from talos_os.lib.parked import parked, wait_for_go
-from talos_os.lib.proctime import process_start
 from talos_os.osd import kmsg
 from talos_os.osd.auth import IdentityError, server_identity
 from talos_os.osd.relay import Relay
@@ -104,6 +104,15 @@ def build(args: argparse.Namespace, config: StartConfig | MachineConfig) -> Osd:
     )
     ca_pem = config.machine.ca.crt_pem
     return Osd(identity, ca_pem, settings, address=args.address, port=args.port)
+
+
+def process_start(stat: Path = Path("/proc/self/stat")) -> float | None:
+    """Seconds after boot at which this process started (field 22 of /proc/self/stat)."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def startup_times(imported: float, went: float | None = None, steps: Sequence[tuple[str, float]] = ()) -> str:

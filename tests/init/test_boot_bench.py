@@ -57,17 +57,3 @@ def test_osd_start_and_its_steps_come_from_its_serving_line() -> None:
     lines = table({"bios": [BootRun("bios", total=30.0, osd_start=got)]})
     assert any(line.split() == ["TLS", "1.2", "check", "0.8"] for line in lines)
     assert osd_start("an older osd: serving 2.6 s later, 29.5 s after boot") == {}
-
-
-def test_stage_one_places_the_kernel_when_the_kernel_itself_is_quiet() -> None:
-    quiet = [(t, text) for t, text in LOG if "Linux version" not in text and "Run /init" not in text]
-    quiet.insert(2, (13.0, "[talos] [ 0.000] stage1: Python ready at 6.50 s of kernel time"))
-    assert stages(quiet, answered=40.0) == pytest.approx(stages(LOG, answered=40.0))
-
-
-def test_the_bench_reads_the_line_stage_one_writes() -> None:
-    from talos_os.init.stage1 import started_line
-    from tools.bench_boot import STAGE1_STARTED
-
-    m = STAGE1_STARTED.search("[talos] [ 0.001] stage1: " + started_line(5.904))
-    assert m is not None and m[1] == "5.90"

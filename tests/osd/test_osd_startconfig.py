@@ -11,7 +11,6 @@ import yaml
 
 from talos_os import pki
 from talos_os.config import generate, load
-from talos_os.lib import proctime
 from talos_os.osd import __main__ as osd_main
 from talos_os.osd import startconfig
 from talos_os.osd.auth import server_identity
@@ -74,7 +73,7 @@ def test_osd_starts_without_the_config_model() -> None:
 def test_startup_line_names_imports_and_serving(tmp_path: Path) -> None:
     stat = tmp_path / "stat"
     stat.write_text("42 (python3 (x)) S " + " ".join(["0"] * 16) + " 500 0 0\n")
-    assert proctime.process_start(stat) is not None
+    assert osd_main.process_start(stat) is not None
     assert "serving" in osd_main.startup_times(0.0)
     split = osd_main.startup_times(0.0, steps=[("config", 0.04), ("identity", 1.26), ("TLS 1.2 check", 0.5)])
     assert "s later (config 0.0 s, identity 1.3 s, TLS 1.2 check 0.5 s), " in split
