@@ -215,12 +215,12 @@ def build(
     load_order: list[str],
     out: Path,
     mtime: int,
-    platform_modules: Mapping[str, Sequence[str]] | None = None,
+    platform_modules: Mapping[str, Sequence[str]],
 ) -> InitramfsReport:
     """Write the compressed initramfs to ``out``; ``tree`` is the finished (compiled) rootfs tree.
 
     ``platform_modules`` (from ``steps.platform_module_table``) tells stage 1 which late boot
-    modules each platform loads; without it, every boot loads them all."""
+    modules each platform loads."""
     arc = Archive()
     report = InitramfsReport()
     for d in DIRS:
@@ -288,9 +288,8 @@ def build(
     arc.add(f"{moddir}/modules.dep", Entry(stat.S_IFREG | 0o644, ("\n".join(dep_lines) + "\n").encode()))
     arc.add("etc/talos/modules", Entry(stat.S_IFREG | 0o644, ("\n".join(root_order) + "\n").encode()))
     arc.add("etc/talos/modules.late", Entry(stat.S_IFREG | 0o644, ("\n".join(late_order) + "\n").encode()))
-    if platform_modules is not None:
-        table = render_platform_modules(platform_modules)
-        arc.add("etc/talos/modules.platforms", Entry(stat.S_IFREG | 0o644, table.encode()))
+    table = render_platform_modules(platform_modules)
+    arc.add("etc/talos/modules.platforms", Entry(stat.S_IFREG | 0o644, table.encode()))
     report.sizes["kernel modules"] = mod_bytes
     report.modules = names
 

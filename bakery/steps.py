@@ -298,7 +298,7 @@ def make_initramfs(ctx: BakeContext, staging: Staging, inputs: Mapping[str, Entr
         kernel.meta["load_order"],
         staging.out / "initramfs.zst",
         ctx.opts.epoch,
-        platform_modules=kernel.meta.get("platform_modules"),
+        platform_modules=kernel.meta["platform_modules"],
     )
     staging.meta.update(dataclasses.asdict(report))
 
