@@ -224,3 +224,13 @@ def test_the_config_package_loads_the_model_when_a_name_is_first_used() -> None:
         [sys.executable, "-c", "import talos_os.config as c; c.NoSuchThing"], capture_output=True, text=True
     )
     assert "module 'talos_os.config' has no attribute 'NoSuchThing'" in missing.stderr
+
+
+def test_every_name_the_config_package_exports_resolves_lazily() -> None:
+    """The package lists its names three times (typing imports, where each lives, __all__): a name
+    in one list but not another would fail only when first used, so all are resolved here."""
+    import talos_os.config as config
+
+    assert sorted(config.__all__) == sorted(config._EXPORTS)
+    for name in config.__all__:
+        assert getattr(config, name).__module__ == config._EXPORTS[name], name
