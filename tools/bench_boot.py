@@ -184,14 +184,13 @@ def boot_once(raw: Path, firmware: str, config: str, talosconfig: Path, memory_m
             node_answered = first_version_answer(talosconfig, endpoint, time.monotonic() + 600)
             if node_answered is None:
                 raise TimeoutError(f"the node never answered Version; console tail:\n{vm.output[-3000:]}")
-            cli = timed_osctl_version(talosconfig, endpoint)
-            answered = node_answered - vm.started + cli
-            run.cli_seconds = cli
+            answered = node_answered - vm.started  # on the QEMU clock, like the serial lines
+            run.cli_seconds = timed_osctl_version(talosconfig, endpoint)
             vm.wait_for("node ready", 120)
             time.sleep(0.5)  # the stamping thread catches up
             stop.set()
-            run.stages = stages(stamped, node_answered - vm.started)
-            run.total = answered
+            run.stages = stages(stamped, answered)
+            run.total = answered + run.cli_seconds
             services = json.loads(
                 nodevm.osctl(talosconfig, endpoint, "services", "-o", "json").stdout or "[]"
             )
