@@ -6,10 +6,12 @@ second source), osd's port is forwarded to loopback, and osctl is asked for its 
 answers. Every serial line is stamped with the seconds since QEMU started; the stage boundaries are
 read from those lines, so a regression shows where it is:
 
-- firmware: until GRUB's first output; loader: GRUB's menu, timeout and its reads of the kernel and
-  initramfs, until the kernel starts (the "Run /init" line's wall time minus its kernel timestamp);
-- kernel: until it runs /init; stage 1: until the squashfs root is mounted; switch root: until the
-  init in it is executed;
+- firmware: until GRUB's first output; loader: GRUB's script and its reads of the kernel and
+  initramfs, and the kernel's own unpacking, until the kernel's first console line (its console
+  starts early in its boot; the kernel's timestamps cannot place its start: under TCG its clock
+  reads 0 until a clocksource is chosen and runs slow while the second CPU comes up);
+- kernel: until it runs /init (all of it on the QEMU clock); stage 1: until the squashfs root is
+  mounted; switch root: until the init in it is executed;
 - stage 2 start: the init's interpreter and imports, until its first phase ends;
 - one row per init phase; osd answers: from "node ready" until the node first answers Version
   (asked as osctl asks, from the bench's process every 0.1 s, so the figure carries no CLI start-up
@@ -40,6 +42,7 @@ from bakery import qemu
 from talos_os import talosconfig as talosconfig_file
 from talos_os.api.gen import node_pb2 as pb
 from talos_os.config.generate import generate
+from talos_os.lib import memory
 from talos_os.osctl import client
 from tools import nodevm
 
@@ -50,7 +53,7 @@ OSD_START = re.compile(
 )
 OSD_SPLIT = re.compile(r"serving [\d.]+ s later \(([^)]*)\)")
 OSD_STEP = re.compile(r"([^,]+?) ([\d.]+) s(?:, |$)")
-READY_RSS = re.compile(r"init resident memory (\d+) KiB")
+READY_PSS = re.compile(r"init resident memory \d+ KiB \(proportional (\d+) KiB\)")
 
 
 @dataclass
@@ -62,6 +65,8 @@ class BootRun:
     total: float = 0.0
     init_rss_mib: float | None = None
     osd_rss_mib: float | None = None
+    init_pss_mib: float | None = None  # from the ready line: osd may not read PID 1's smaps_rollup
+    osd_pss_mib: float | None = None
     osd_start: dict[str, float] = field(default_factory=dict)
     cli_seconds: float | None = None  # the osctl version run itself (host side)
 
@@ -70,15 +75,12 @@ def stages(stamped: Sequence[tuple[float, str]], answered: float) -> dict[str, f
     """Stage durations from serial lines stamped with seconds since QEMU start (see the module doc)."""
     marks: list[tuple[str, float]] = []
     grub = next((t for t, line in stamped if "GRUB" in line), None)
-    run_init = next(
-        ((t, m) for t, line in stamped if (m := KERNEL_LINE.match(line)) and "Run /init" in line), None
-    )
+    kernel_first = next((t for t, line in stamped if KERNEL_LINE.match(line)), None)
+    run_init = next((t for t, line in stamped if KERNEL_LINE.match(line) and "Run /init" in line), None)
     if grub is not None:
         marks.append(("firmware", grub))
-    if run_init is not None:
-        wall, match = run_init
-        kernel_start = max(wall - float(match.group(1)), grub or 0.0)
-        marks += [("loader" if grub is not None else "firmware + loader", kernel_start), ("kernel", wall)]
+    if kernel_first is not None and run_init is not None:
+        marks += [("loader" if grub is not None else "firmware + loader", kernel_first), ("kernel", run_init)]
     for name, text in (("stage 1", "switching root"), ("switch root", "stage1: exec")):
         t = next((t for t, line in stamped if text in line), None)
         if t is not None:
@@ -136,6 +138,19 @@ def _vm_rss(talosconfig: Path, endpoint: str, pid: object) -> float | None:
     return int(m.group(1)) / 1024 if m else None
 
 
+def _vm_pss(talosconfig: Path, endpoint: str, pid: object) -> float | None:
+    """osd's PSS, read by osd itself (a process may read its own smaps_rollup)."""
+    text = nodevm.osctl(talosconfig, endpoint, "read", f"/proc/{pid}/smaps_rollup").stdout
+    try:
+        return memory.parse(text).pss_kib / 1024
+    except ValueError:
+        return None
+
+
+def _sum(*values: float | None) -> float | None:
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
 def first_version_answer(
     talosconfig: Path, endpoint: str, deadline: float, every: float = 0.1
 ) -> float | None:
@@ -167,8 +182,16 @@ def timed_osctl_version(talosconfig: Path, endpoint: str) -> float:
     return time.monotonic() - began
 
 
-def boot_once(raw: Path, firmware: str, config: str, talosconfig: Path, memory_mb: int = 1024) -> BootRun:
-    """Boot ``raw`` from its disk with ``config`` over fw_cfg; time every stage until osctl version answers."""
+def boot_once(
+    raw: Path,
+    firmware: str,
+    config: str,
+    talosconfig: Path,
+    memory_mb: int = 1024,
+    console: Path | None = None,
+) -> BootRun:
+    """Boot ``raw`` from its disk with ``config`` over fw_cfg; time every stage until osctl version answers.
+    With ``console``, the stamped serial lines are written there (what the stage table was read from)."""
     run = BootRun(firmware)
     port = nodevm.free_port()
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,14 +213,19 @@ def boot_once(raw: Path, firmware: str, config: str, talosconfig: Path, memory_m
             time.sleep(0.5)  # the stamping thread catches up
             stop.set()
             run.stages = stages(stamped, answered)
+            if console is not None:
+                console.write_text("".join(f"{t:8.2f} {line}\n" for t, line in stamped))
             run.total = answered + run.cli_seconds
             services = json.loads(
                 nodevm.osctl(talosconfig, endpoint, "services", "-o", "json").stdout or "[]"
             )
             pids = {s["id"]: s["pid"] for s in services}
             run.init_rss_mib = _vm_rss(talosconfig, endpoint, 1)
+            ready_pss = next((m for _, line in stamped if (m := READY_PSS.search(line))), None)
+            run.init_pss_mib = int(ready_pss.group(1)) / 1024 if ready_pss else None
             if "osd" in pids:
                 run.osd_rss_mib = _vm_rss(talosconfig, endpoint, pids["osd"])
+                run.osd_pss_mib = _vm_pss(talosconfig, endpoint, pids["osd"])
             run.osd_start = osd_start(nodevm.osctl(talosconfig, endpoint, "logs", "osd").stdout)
     return run
 
@@ -240,6 +268,10 @@ def table(runs: dict[str, list[BootRun]]) -> list[str]:
         ("osctl version itself (host)", lambda b: b.cli_seconds),
         ("init RSS (MiB)", lambda b: b.init_rss_mib),
         ("osd RSS (MiB)", lambda b: b.osd_rss_mib),
+        ("init + osd RSS (MiB)", lambda b: _sum(b.init_rss_mib, b.osd_rss_mib)),
+        ("init PSS at ready (MiB)", lambda b: b.init_pss_mib),
+        ("osd PSS (MiB)", lambda b: b.osd_pss_mib),
+        ("init + osd PSS (MiB)", lambda b: _sum(b.init_pss_mib, b.osd_pss_mib)),
     ]
     for label, get in rows:
         lines.append(
@@ -256,7 +288,11 @@ def loadavg() -> str:
 
 
 def report(
-    raw: Path, boots: int = 3, firmwares: Sequence[str] = ("bios", "uefi"), check_512: bool = True
+    raw: Path,
+    boots: int = 3,
+    firmwares: Sequence[str] = ("bios", "uefi"),
+    check_512: bool = True,
+    consoles: Path | None = None,
 ) -> None:
     """Boot ``boots`` times per firmware; print the stage table, totals per boot, and the 512 MiB check."""
     generated = generate("bench", "https://10.5.0.2:6443")
@@ -266,9 +302,10 @@ def report(
         talosconfig.write_text(generated.talosconfig)
         runs: dict[str, list[BootRun]] = {fw: [] for fw in firmwares}
         loads = [loadavg()]
-        for _ in range(boots):  # interleaved, so a change in the machine's load hits both alike
+        for n in range(boots):  # interleaved, so a change in the machine's load hits both alike
             for fw in firmwares:
-                runs[fw].append(boot_once(raw, fw, config, talosconfig))
+                console = consoles / f"{fw}-{n + 1}.log" if consoles is not None else None
+                runs[fw].append(boot_once(raw, fw, config, talosconfig, console=console))
                 loads.append(loadavg())
         print(f"boot stages (TCG, {boots} boots per firmware, 1024 MiB, from the disk through the firmware and "
               f"GRUB; load average during the runs: {', '.join(loads)}):")  # fmt: skip
@@ -291,10 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--boots", type=int, default=3, help="boots per firmware [%(default)s]")
     p.add_argument("--firmware", default="bios,uefi", help="comma-separated: bios, uefi [%(default)s]")
     p.add_argument("--no-512", action="store_true", help="skip the boot with 512 MiB of RAM")
+    p.add_argument("--consoles", type=Path, help="write each boot's stamped serial console in this directory")
     args = p.parse_args(argv)
+    if args.consoles is not None:
+        args.consoles.mkdir(parents=True, exist_ok=True)
     if not args.image.is_file():
         p.error(f"{args.image} is not a file: bake one with talos-bake raw --platform kvm --out DIR")
-    report(args.image, args.boots, [f for f in args.firmware.split(",") if f], check_512=not args.no_512)
+    firmwares = [f for f in args.firmware.split(",") if f]
+    report(args.image, args.boots, firmwares, check_512=not args.no_512, consoles=args.consoles)
     return 0
 
 

@@ -51,7 +51,7 @@ from talos_os.install import image as install_image
 from talos_os.install import node as install_node
 from talos_os.kubernetes import kubeadm as kubeadm_config
 from talos_os.kubernetes import node as kubernetes_node
-from talos_os.lib import cgroups
+from talos_os.lib import cgroups, memory
 from talos_os.lib.cmdline import Cmdline, read
 from talos_os.lib.control import DEFAULT_SOCKET
 from talos_os.lib.fetch import Progress, fetch_url
@@ -299,14 +299,6 @@ def platform_hostname(boot: Boot) -> str | None:
     except Exception as exc:
         boot.log(f"apply: no hostname from platform metadata: {exc}")
         return None
-
-
-def resident_kib(status: Path = Path("/proc/self/status")) -> int:
-    """This process's resident memory (VmRSS), for the ready line and the bench."""
-    for line in status.read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def make_shared(path: str, bind_first: bool) -> None:
@@ -584,9 +576,10 @@ def main(early: Early | None = None) -> None:
             shutdown_node(boot, "shutdown")
         run_phases(boot, CONFIGURE)
         total = sum(boot.durations.values())
+        mem = memory.own()
         boot.log(
             f"node ready: {boot.hostname} in {total:.1f} s of init ({time.monotonic():.1f} s since power-on); "
-            f"init resident memory {resident_kib()} KiB"
+            f"init resident memory {mem.rss_kib} KiB (proportional {mem.pss_kib} KiB)"
         )
         shutdown_node(boot, wait_for_request(boot))
     except BaseException as exc:  # PID 1 never exits: explain, wait, restart
