@@ -47,8 +47,7 @@ from talos_os.init.stopphases import StopPhase, run_stop_phases
 from talos_os.init.supervisor import ChildReaper, Supervisor
 from talos_os.init.supervisor import run as supervisor_run
 from talos_os.init.supervisor.parking import ParkingRunner
-from talos_os.install import image as install_image
-from talos_os.install import node as install_node
+from talos_os.install import live_label
 from talos_os.kubernetes import kubeadm as kubeadm_config
 from talos_os.kubernetes import node as kubernetes_node
 from talos_os.lib import cgroups, memory
@@ -237,9 +236,14 @@ def phase_config(boot: Boot) -> None:
         boot.log(f"config: fetching {url}")
         return fetch_url(url, progress=progress, deadline=60.0)
 
-    label = install_node.live_label(boot.cmdline)  # booted from the live ISO: it can install itself
-    iso = install_node.mount_iso(label) if label else None
-    image_map = iso / install_image.MAP_PATH if iso is not None else None
+    label = live_label(boot.cmdline)  # booted from the live ISO: it can install itself
+    iso, image_map = None, None
+    if label:  # the installer's modules load only then (they cost every other boot its start)
+        from talos_os.install import image as install_image
+        from talos_os.install import node as install_node
+
+        iso = install_node.mount_iso(label)
+        image_map = iso / install_image.MAP_PATH
     waiting = Maintenance(boot.log, boot.reaper, lambda: node_addresses(boot), image_map=image_map)
     boot.acquired = acquire_config(
         waiting.find(lambda: guest.find_config(ctx)), fetch, boot.log, sleep=waiting.sleep
@@ -249,6 +253,8 @@ def phase_config(boot: Boot) -> None:
     if waiting.pushed:
         install = boot.acquired.config.machine.install
         if iso is not None and install is not None and install.disk:
+            from talos_os.install import node as install_node
+
             done = install_node.install(
                 install.disk, install.wipe, boot.acquired.data, iso, boot.log, disk_ops(boot)
             )

@@ -23,7 +23,6 @@ from talos_os.init import disks, syscalls
 from talos_os.init.reconfigure import SAVED
 from talos_os.install import image, writer
 from talos_os.install.disk import InstallError, System, check, inspect_target
-from talos_os.lib.cmdline import Cmdline
 
 ISO_DIR = Path("/run/talos/iso")
 NEW_VAR = Path("/run/talos/install-var")
@@ -32,14 +31,6 @@ MiB = 1 << 20
 SYSTEM = System()  # the kernel's real views
 
 Log = Callable[[str], None]
-
-
-def live_label(cmdline: Cmdline) -> str | None:
-    """The ISO's volume label when the node booted from the live ISO (``talos.root=iso:LABEL/...``)."""
-    root = cmdline.get("talos.root") or ""
-    if not root.startswith("iso:"):
-        return None
-    return root[4:].partition("/")[0] or None
 
 
 def mount_iso(label: str, target: Path = ISO_DIR) -> Path:  # pragma: no cover - needs root and the ISO

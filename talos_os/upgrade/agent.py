@@ -23,7 +23,7 @@ from typing import Any
 
 from talos_os.init import syscalls
 from talos_os.lib.control import ControlError
-from talos_os.upgrade import STAGING, bundle, drain, grubenv, slots, writer
+from talos_os.upgrade import STAGING, bundle, grubenv, slots, writer
 
 BOOT_MOUNT = Path("/run/talos/boot")
 DRAIN_TIMEOUT = 300.0  # seconds a drain may take, the API's slow answers included
@@ -215,6 +215,8 @@ class Agent:
         self.force()
 
     def _uncordon(self) -> None:
+        from talos_os.upgrade import drain  # the Kubernetes client loads only after an upgrade
+
         node = self.kube_node()
         for _attempt in range(60):
             try:
@@ -290,6 +292,8 @@ class Agent:
         def progress(phase: str, done: int, total: int) -> None:
             job.phase, job.done, job.total = phase, done, total
 
+        from talos_os.upgrade import drain  # the Kubernetes client loads only when an upgrade runs
+
         try:
             written = writer.install(path, self.ops, self.running, arch=self.arch, progress=progress)
             self.log(
@@ -323,6 +327,8 @@ class Agent:
     def _drain(self, node: str) -> None:
         """Cordon and drain with the node's own credentials (admin.conf on a control plane, the kubelet's
         on a worker); a node that has never joined has none, nothing to evict, and reboots undrained."""
+        from talos_os.upgrade import drain
+
         try:
             found = drain.Api.of_node()
             if found is None:

@@ -9,7 +9,7 @@ import pytest
 from upgradekit import FileDisk, make_bundle
 
 from talos_os.lib.control import ControlError
-from talos_os.upgrade import agent, slots
+from talos_os.upgrade import agent, drain, slots
 
 
 def _agent(
@@ -189,8 +189,8 @@ def test_an_upgrade_without_kubernetes_credentials_reboots_undrained(
     a.on_boot()
     lines: list[str] = []
     a.log = lines.append
-    monkeypatch.setattr(agent.drain, "ADMIN_KUBECONFIG", tmp_path / "absent.conf")
-    monkeypatch.setattr(agent.drain, "KUBELET_KUBECONFIG", tmp_path / "absent-too.conf")
+    monkeypatch.setattr(drain, "ADMIN_KUBECONFIG", tmp_path / "absent.conf")
+    monkeypatch.setattr(drain, "KUBELET_KUBECONFIG", tmp_path / "absent-too.conf")
     staged = a.staging / "install-3.bundle"
     staged.write_bytes(make_bundle(tmp_path, "0.2.0").read_bytes())
     a.start_install({"bundle": str(staged)})
