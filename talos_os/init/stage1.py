@@ -18,7 +18,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,10 @@ MODULE_LIST = "/etc/talos/modules"  # written by the bakery: one module name per
 LATE_MODULE_LIST = "/etc/talos/modules.late"  # boot modules that do not find the root: loaded from it
 PLATFORM_MODULES = "/etc/talos/modules.platforms"  # written by the bakery: "platform: module ..." lines
 LATE_MODULES_ENV = "TALOS_LATE_MODULES"  # tells stage 2 which modules the background loader loads
+# glibc gives each thread that allocates its own arena (the init runs several threads: reaper,
+# control socket, network, upgrade watch); two arenas hold the init's memory ~3 MiB lower (RSS at
+# ready, measured under TCG), and its threads rarely allocate at once.
+INIT_ENV = {"MALLOC_ARENA_MAX": "2"}
 DEFAULT_ROOT_LABEL = "ROOT-A"
 ROOT_WAIT_SECONDS = 60.0
 ISO_PREFIX = "iso:"
@@ -226,6 +230,14 @@ def load_late_modules(names: list[str], release: str, newroot: str = NEWROOT) ->
     return load_modules(moddir, names) if names and moddir.is_dir() else 0
 
 
+def init_env(environ: Mapping[str, str], late: list[str] | None) -> dict[str, str]:
+    """The environment stage 2 starts with: the kernel's, :data:`INIT_ENV`, and the late modules."""
+    env = {**environ, **INIT_ENV}
+    if late:
+        env[LATE_MODULES_ENV] = " ".join(late)
+    return env
+
+
 def switch_root(newroot: str = NEWROOT, argv: list[str] | None = None, late: list[str] | None = None) -> None:
     """Move the kernel filesystems into ``newroot``, make it ``/`` and exec its init.
 
@@ -239,11 +251,8 @@ def switch_root(newroot: str = NEWROOT, argv: list[str] | None = None, late: lis
     syscalls.mount(newroot, "/", None, syscalls.MS_MOVE)
     os.chroot(".")
     os.chdir("/")
-    env = dict(os.environ)
-    if late:
-        env[LATE_MODULES_ENV] = " ".join(late)
     log("exec " + " ".join(argv))
-    os.execve(argv[0], argv, env)
+    os.execve(argv[0], argv, init_env(os.environ, late))
 
 
 def mount_root(spec: RootSpec, newroot: str = NEWROOT) -> str:

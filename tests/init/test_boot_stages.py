@@ -96,3 +96,9 @@ def test_stage2_runs_under_importtime_when_the_command_line_asks() -> None:
         "importtime",
         "/sbin/init",
     ]
+
+
+def test_stage2_starts_with_two_malloc_arenas_and_the_late_modules() -> None:
+    env = stage1.init_env({"TERM": "linux", "MALLOC_ARENA_MAX": "8"}, ["virtio_net", "fw_cfg"])
+    assert env == {"TERM": "linux", "MALLOC_ARENA_MAX": "2", "TALOS_LATE_MODULES": "virtio_net fw_cfg"}
+    assert stage1.LATE_MODULES_ENV not in stage1.init_env({}, None)
