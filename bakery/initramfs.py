@@ -147,9 +147,8 @@ def _header(ino: int, mode: int, mtime: int, size: int, rdev: tuple[int, int], n
 _TRACE = """
 import sys
 sys.path.append(sys.argv[1])
-import ctypes.util
-from talos_os.init import stage1
-ctypes.util.find_library("c")
+from talos_os.init import stage1, syscalls
+syscalls.libc()
 stage1.parse_root("iso:L/a.sqsh")
 for name in sys.argv[2:]:
     __import__(name)

@@ -7,7 +7,6 @@ with the errno and the arguments, so a failing mount says what it tried.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 MS_RDONLY = 1
@@ -35,10 +34,11 @@ _libc: ctypes.CDLL | None = None
 
 
 def libc() -> ctypes.CDLL:
-    """The C library, loaded once with errno tracking."""
+    """The C library, loaded once with errno tracking: the interpreter's own (its symbols are already
+    in the process; ``ctypes.util.find_library`` would import subprocess and try to run ldconfig)."""
     global _libc
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc = ctypes.CDLL(None, use_errno=True)
     return _libc
 
 
