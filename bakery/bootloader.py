@@ -46,12 +46,8 @@ def baked_cmdline(linux_args: str, slot: str) -> str:
     return linux_args.strip().removesuffix(entry_words(slot)).strip()
 
 
-def grub_cfg(entries: list[tuple[str, str]]) -> str:
+def grub_cfg(entries: list[tuple[str, str]], timeout: int = 1) -> str:
     """The menu: one entry per slot (A, B) with its kernel command line.
-
-    The menu is hidden and does not wait (a second of every boot otherwise): Esc, F4 or a held
-    Shift while GRUB starts shows it. Each entry says on the console which slot it loads, before
-    the reads of the kernel and initramfs (the loader's time on a slow disk path).
 
     Which entry boots comes from GRUB's environment block (``/boot/grub/grubenv``, see
     :mod:`talos_os.upgrade.slots`): ``saved_entry`` is the good slot; ``next_entry`` boots a new
@@ -71,8 +67,7 @@ def grub_cfg(entries: list[tuple[str, str]]) -> str:
         "    set next_entry=",
         "    save_env next_entry",
         "fi",
-        "set timeout_style=hidden",
-        "set timeout=0",
+        f"set timeout={timeout}",
         "serial --unit=0 --speed=115200",
         "terminal_input serial console",
         "terminal_output serial console",
@@ -80,7 +75,6 @@ def grub_cfg(entries: list[tuple[str, str]]) -> str:
     for slot, cmdline in entries:
         lines += [
             f'menuentry "talos-os {slot}" --id talos-{slot} {{',
-            f'    echo "GRUB: loading talos-os {slot}"',
             f"    linux /boot/{slot}/vmlinuz {cmdline} {entry_words(slot)}",
             f"    initrd /boot/{slot}/initramfs.zst",
             "}",
