@@ -6,10 +6,11 @@ second source), osd's port is forwarded to loopback, and osctl is asked for its 
 answers. Every serial line is stamped with the seconds since QEMU started; the stage boundaries are
 read from those lines, so a regression shows where it is:
 
-- firmware: until GRUB's first output; loader: GRUB's script and its reads of the kernel and
-  initramfs, and the kernel's own unpacking, until the kernel's first console line (its console
-  starts early in its boot; the kernel's timestamps cannot place its start: under TCG its clock
-  reads 0 until a clocksource is chosen and runs slow while the second CPU comes up);
+- firmware: until GRUB's first output; loader: GRUB's menu and its reads of the kernel and
+  initramfs, then the kernel's own start until its first console line: unpacking itself, and its
+  setup before the console starts, which with init_on_free=1 includes zeroing the memory it frees
+  early (seconds under TCG). The kernel's timestamps cannot place its start instead: under TCG its
+  clock may read 0 until a clocksource is chosen and runs slow while the second CPU comes up;
 - kernel: until it runs /init (all of it on the QEMU clock); stage 1: until the squashfs root is
   mounted; switch root: until the init in it is executed;
 - stage 2 start: the init's interpreter and imports, until its first phase ends;
