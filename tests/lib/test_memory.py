@@ -20,3 +20,11 @@ def test_parse_reads_the_totals_and_refuses_another_text() -> None:
     assert memory.parse(text) == memory.Resident(57344, 41210)
     with pytest.raises(ValueError, match="smaps_rollup"):
         memory.parse("VmRSS:\t57344 kB\n")
+
+
+def test_the_init_ready_line_survives_a_kernel_without_smaps_rollup(monkeypatch: pytest.MonkeyPatch) -> None:
+    from talos_os.init import main
+
+    assert main.resident_memory().startswith("init resident memory ")
+    monkeypatch.setattr(memory, "own", lambda: memory.parse("VmRSS: 1 kB\n"))
+    assert main.resident_memory().startswith("init resident memory unknown (not a /proc/<pid>/smaps_rollup")
