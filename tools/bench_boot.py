@@ -54,7 +54,7 @@ OSD_START = re.compile(
 )
 OSD_SPLIT = re.compile(r"serving [\d.]+ s later \(([^)]*)\)")
 OSD_STEP = re.compile(r"([^,]+?) ([\d.]+) s(?:, |$)")
-READY_PSS = re.compile(r"init resident memory \d+ KiB \(proportional (\d+) KiB\)")
+READY_PSS = re.compile("init " + memory.DESCRIBED.pattern)
 
 
 @dataclass
@@ -331,10 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-512", action="store_true", help="skip the boot with 512 MiB of RAM")
     p.add_argument("--consoles", type=Path, help="write each boot's stamped serial console in this directory")
     args = p.parse_args(argv)
-    if args.consoles is not None:
-        args.consoles.mkdir(parents=True, exist_ok=True)
     if not args.image.is_file():
         p.error(f"{args.image} is not a file: bake one with talos-bake raw --platform kvm --out DIR")
+    if args.consoles is not None:
+        args.consoles.mkdir(parents=True, exist_ok=True)
     firmwares = [f for f in args.firmware.split(",") if f]
     report(args.image, args.boots, firmwares, check_512=not args.no_512, consoles=args.consoles)
     return 0

@@ -240,7 +240,7 @@ def phase_config(boot: Boot) -> None:
     iso, image_map = None, None
     if label:  # the installer's modules load only then (they cost every other boot its start)
         from talos_os.install import image as install_image
-        from talos_os.install import node as install_node
+        from talos_os.install import node as install_node  # also installs below, when iso is set
 
         iso = install_node.mount_iso(label)
         image_map = iso / install_image.MAP_PATH
@@ -253,8 +253,6 @@ def phase_config(boot: Boot) -> None:
     if waiting.pushed:
         install = boot.acquired.config.machine.install
         if iso is not None and install is not None and install.disk:
-            from talos_os.install import node as install_node
-
             done = install_node.install(
                 install.disk, install.wipe, boot.acquired.data, iso, boot.log, disk_ops(boot)
             )
@@ -305,15 +303,6 @@ def platform_hostname(boot: Boot) -> str | None:
     except Exception as exc:
         boot.log(f"apply: no hostname from platform metadata: {exc}")
         return None
-
-
-def resident_memory() -> str:
-    """The ready line's memory figures (the bench reads them); a kernel without them costs the line, not PID 1."""
-    try:
-        mem = memory.own()
-    except (OSError, ValueError) as exc:
-        return f"init resident memory unknown ({exc})"
-    return f"init resident memory {mem.rss_kib} KiB (proportional {mem.pss_kib} KiB)"
 
 
 def make_shared(path: str, bind_first: bool) -> None:
@@ -593,7 +582,7 @@ def main(early: Early | None = None) -> None:
         total = sum(boot.durations.values())
         boot.log(
             f"node ready: {boot.hostname} in {total:.1f} s of init ({time.monotonic():.1f} s since power-on); "
-            f"{resident_memory()}"
+            f"{memory.describe('init')}"
         )
         shutdown_node(boot, wait_for_request(boot))
     except BaseException as exc:  # PID 1 never exits: explain, wait, restart

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _FIELD = re.compile(r"^(Rss|Pss):\s+(\d+) kB", re.MULTILINE)
+# What describe() writes, as ``make bench`` reads it back from the init's ready line (group 1: PSS).
+DESCRIBED = re.compile(r"resident memory \d+ KiB \(proportional (\d+) KiB\)")
 
 
 @dataclass(frozen=True)
@@ -33,3 +35,13 @@ def parse(smaps_rollup: str) -> Resident:
 def own(proc: Path = Path("/proc/self")) -> Resident:
     """This process's resident memory (a process may always read its own smaps_rollup)."""
     return parse((proc / "smaps_rollup").read_text())
+
+
+def describe(who: str) -> str:
+    """``<who> resident memory N KiB (proportional M KiB)`` for a log line; a kernel without
+    smaps_rollup costs the figures, never the caller (PID 1 logs this)."""
+    try:
+        mem = own()
+    except (OSError, ValueError) as exc:
+        return f"{who} resident memory unknown ({exc})"
+    return f"{who} resident memory {mem.rss_kib} KiB (proportional {mem.pss_kib} KiB)"
